@@ -1,0 +1,233 @@
+"""The SwiftVR DiT: Wan2.2 transformer with mask-free shifted-window self-attention (MFSWA).
+
+State-dict compatible with the release's `transformer/` (diffusers WanTransformer3DModel keys).
+One step: `z_hq = z_lq - v(z_lq, t=1000, prompt)`. Everything that does not depend on the
+latents (timestep conditioning, the prompt's text projection and its cross-attention keys and
+values, RoPE tables, window indices) is computed once and passed in, so that a chunk costs only
+the per-token work and the export can bake those as constants.
+"""
+from dataclasses import dataclass
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiTConfig
+from . import geometry, rope
+
+TIMESTEP = 1000.0  # one-step restoration evaluates the flow at its endpoint t = 1
+
+
+class RMSNormAcrossHeads(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    """Projections of one attention (keys `to_q`, `to_k`, `to_v`, `to_out.0`, `norm_q`, `norm_k`)."""
+
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = RMSNormAcrossHeads(dim, eps)
+        self.norm_k = RMSNormAcrossHeads(dim, eps)
+
+    def split_heads(self, x):  # [B, K, dim] -> [B, K, heads, head_dim]
+        return x.unflatten(-1, (self.heads, -1))
+
+
+def apply_rope(x, cos, sin):
+    """x [B, K, heads, D]; cos/sin [K, 1, D] with each angle repeated on a channel pair."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
+
+
+def windowed_attention(q, k, v, gather, owner):
+    """MFSWA: one dense attention over all windows at once, then each token reads its owner's result.
+    q, k, v [B, K, heads, D]; gather [windows, L] token indices; owner [K] indices into windows*L."""
+    batch, _, heads, head_dim = q.shape
+    windows, length = gather.shape
+    flat = gather.reshape(-1)
+
+    def to_windows(x):
+        x = x.index_select(1, flat).reshape(batch, windows, length, heads, head_dim)
+        return x.permute(0, 1, 3, 2, 4).reshape(batch * windows, heads, length, head_dim)
+
+    out = F.scaled_dot_product_attention(to_windows(q), to_windows(k), to_windows(v))
+    out = out.reshape(batch, windows, heads, length, head_dim).permute(0, 1, 3, 2, 4)
+    return out.reshape(batch, windows * length, heads, head_dim).index_select(1, owner)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.ModuleList([_Proj(dim, hidden), nn.Dropout(0.0), nn.Linear(hidden, dim)])
+
+    def forward(self, x):
+        return self.net[2](F.gelu(self.net[0].proj(x), approximate="tanh"))
+
+
+class _Proj(nn.Module):  # holds the key `ffn.net.0.proj`
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.scale_shift_table = nn.Parameter(torch.zeros(1, 6, dim))
+        self.attn1 = Attention(dim, cfg.num_attention_heads, cfg.eps)
+        self.attn2 = Attention(dim, cfg.num_attention_heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.eps, elementwise_affine=True)
+        self.ffn = FeedForward(dim, cfg.ffn_dim)
+        self.eps = cfg.eps
+
+    def forward(self, x, timestep_proj, cross_k, cross_v, cos, sin, gather, owner):
+        # Modulation and norms in float32, results cast back: the reference's mixed-precision recipe.
+        mod = (self.scale_shift_table.float() + timestep_proj.float()).chunk(6, dim=1)
+        shift, scale, gate, c_shift, c_scale, c_gate = mod
+        dim = x.shape[-1]
+
+        a = (F.layer_norm(x.float(), (dim,), eps=self.eps) * (1 + scale) + shift).to(x.dtype)
+        attn = self.attn1
+        q = apply_rope(attn.split_heads(attn.norm_q(attn.to_q(a))), cos, sin)
+        k = apply_rope(attn.split_heads(attn.norm_k(attn.to_k(a))), cos, sin)
+        v = attn.split_heads(attn.to_v(a))
+        out = windowed_attention(q, k, v, gather, owner).flatten(2)
+        x = (x.float() + attn.to_out[0](out).float() * gate).to(x.dtype)
+
+        n = F.layer_norm(x.float(), (dim,), self.norm2.weight.float(), self.norm2.bias.float(), self.eps).to(x.dtype)
+        attn = self.attn2
+        q = attn.split_heads(attn.norm_q(attn.to_q(n))).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, cross_k, cross_v).transpose(1, 2).flatten(2)
+        x = x + attn.to_out[0](out)
+
+        b = (F.layer_norm(x.float(), (dim,), eps=self.eps) * (1 + c_scale) + c_shift).to(x.dtype)
+        return (x.float() + self.ffn(b).float() * c_gate).to(x.dtype)
+
+
+@dataclass
+class Conditioning:
+    """Everything the constant timestep and prompt contribute; computed once per model and dtype."""
+    temb: torch.Tensor               # [1, dim]
+    timestep_proj: torch.Tensor      # [1, 6, dim]
+    text_hidden: torch.Tensor        # [1, L, dim]
+    cross_kv: list                   # per block (k, v), each [1, heads, L, head_dim]
+
+
+@dataclass
+class GridPlan:
+    """What depends only on the latent grid (and RoPE offset): RoPE tables and window indices."""
+    grid: tuple[int, int, int]
+    cos: torch.Tensor                # [K, 1, head_dim] float32
+    sin: torch.Tensor
+    gathers: list                    # per block [windows, L] int64 (two distinct tensors shared)
+    owners: list                     # per block [K] int64
+
+
+def timestep_sinusoid(freq_dim: int, t: float = TIMESTEP) -> torch.Tensor:
+    """[1, freq_dim] = [cos, sin] of t * exp(-ln(10000) i / half), float32 as diffusers computes it."""
+    half = freq_dim // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32) / half
+    args = torch.tensor([t], dtype=torch.float32)[:, None] * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SwiftVRTransformer(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.inner_dim
+        self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, dim))
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.condition_embedder = nn.Module()
+        self.condition_embedder.time_embedder = nn.Module()
+        self.condition_embedder.time_embedder.linear_1 = nn.Linear(cfg.freq_dim, dim)
+        self.condition_embedder.time_embedder.linear_2 = nn.Linear(dim, dim)
+        self.condition_embedder.time_proj = nn.Linear(dim, 6 * dim)
+        self.condition_embedder.text_embedder = nn.Module()
+        self.condition_embedder.text_embedder.linear_1 = nn.Linear(cfg.text_dim, dim)
+        self.condition_embedder.text_embedder.linear_2 = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
+
+    # ---- computed once -------------------------------------------------------------------
+    @torch.no_grad()
+    def conditioning(self, prompt_emb: torch.Tensor) -> Conditioning:
+        """prompt_emb [L, text_dim] (the release file's `prompt_emb[0]`)."""
+        emb = self.condition_embedder
+        dtype = emb.time_embedder.linear_1.weight.dtype
+        device = emb.time_embedder.linear_1.weight.device
+        sinusoid = timestep_sinusoid(self.cfg.freq_dim).to(device=device, dtype=dtype)
+        temb = emb.time_embedder.linear_2(F.silu(emb.time_embedder.linear_1(sinusoid)))
+        timestep_proj = emb.time_proj(F.silu(temb)).unflatten(1, (6, -1))
+        prompt = prompt_emb.to(device=device, dtype=dtype)[None]
+        text = emb.text_embedder.linear_2(F.gelu(emb.text_embedder.linear_1(prompt), approximate="tanh"))
+        cross_kv = []
+        for block in self.blocks:
+            attn = block.attn2
+            k = attn.split_heads(attn.norm_k(attn.to_k(text))).transpose(1, 2)
+            v = attn.split_heads(attn.to_v(text)).transpose(1, 2)
+            cross_kv.append((k.contiguous(), v.contiguous()))
+        return Conditioning(temb, timestep_proj, text, cross_kv)
+
+    def grid_plan(self, grid: tuple[int, int, int], t_offset: int = 0, device=None) -> GridPlan:
+        cfg = self.cfg
+        cos, sin = rope.grid_tables(grid, cfg.attention_head_dim, t_offset, cfg.rope_max_seq_len)
+        layouts = {shifted: geometry.window_layout(grid, cfg.self_attn_window_hw, shifted) for shifted in (False, True)}
+        gather = {s: torch.from_numpy(geometry.gather_index(l)).to(device) for s, l in layouts.items()}
+        owner = {s: torch.from_numpy(geometry.owner_index(l)).to(device) for s, l in layouts.items()}
+        shifted = [geometry.is_shifted(n) for n in range(cfg.num_layers)]
+        return GridPlan(grid, torch.from_numpy(cos)[:, None].to(device), torch.from_numpy(sin)[:, None].to(device),
+                        [gather[s] for s in shifted], [owner[s] for s in shifted])
+
+    # ---- per chunk -------------------------------------------------------------------------
+    def token_grid(self, latent_shape) -> tuple[int, int, int]:
+        _, _, frames, height, width = latent_shape
+        pt, ph, pw = self.cfg.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"latent height and width must be multiples of {ph}, got {height}x{width}")
+        return frames // pt, height // ph, width // pw
+
+    def embed(self, z_lq):
+        """[B, 48, F, H, W] -> tokens [B, K, dim] (frame-major, then row, then column)."""
+        return self.patch_embedding(z_lq).flatten(2).transpose(1, 2)
+
+    def run_blocks(self, x, cond: Conditioning, plan: GridPlan, start: int = 0, end: int | None = None):
+        end = len(self.blocks) if end is None else end
+        for n in range(start, end):
+            k, v = cond.cross_kv[n]
+            x = self.blocks[n](x, cond.timestep_proj, k, v, plan.cos, plan.sin, plan.gathers[n], plan.owners[n])
+        return x
+
+    def velocity_from_tokens(self, x, temb, grid: tuple[int, int, int]):
+        """Output head and unpatchify: tokens [B, K, dim] -> velocity [B, 48, F, H, W]."""
+        shift, scale = (self.scale_shift_table + temb[:, None, :].to(self.scale_shift_table.dtype)).chunk(2, dim=1)
+        y = (F.layer_norm(x.float(), (x.shape[-1],), eps=self.cfg.eps) * (1 + scale.float()) + shift.float()).to(x.dtype)
+        y = self.proj_out(y)
+        frames, rows, cols = grid
+        pt, ph, pw = self.cfg.patch_size
+        y = y.reshape(y.shape[0], frames, rows, cols, pt, ph, pw, -1)
+        return y.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(y.shape[0], -1, frames * pt, rows * ph, cols * pw)
+
+    def velocity(self, z_lq, cond: Conditioning, plan: GridPlan):
+        x = self.run_blocks(self.embed(z_lq), cond, plan)
+        return self.velocity_from_tokens(x, cond.temb, plan.grid)
+
+    def restore(self, z_lq, cond: Conditioning, plan: GridPlan):
+        """One-step restoration: z_hq = z_lq - v."""
+        return z_lq - self.velocity(z_lq, cond, plan)
