@@ -1,0 +1,164 @@
+"""Restoration in torch, chunk by chunk: the ground truth every backend is compared with.
+
+    restorer = Restorer(model, input_size=(W, H), settings=RestoreSettings())
+    out = restorer.push(frames)     # uint8 [T, H, W, 3] in, restored uint8 [T', H_out, W_out, 3] out
+    out = restorer.flush()          # the rest at end of stream
+
+Protocols (swiftvr.chunks): "full" (ours, default) — the reference's offline chunking, every input
+frame comes out, every pixel is kept, float -> uint8 rounds; "reference" — `restore_video` exactly
+(drops trailing frames, crops to multiples of 8, truncates); "reference-online" — `StreamSession`.
+
+RoPE offsets: the reference shifts each chunk's temporal positions by its global latent index.
+Attention only sees position differences, so the offset cancels; ours uses 0 for every chunk (as
+the exported graphs, whose tables are constants), the reference protocols use the reference's.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import SwiftVR
+from .chunks import Chunk, ChunkPlanner, OnlineReferencePlanner
+from .sizes import FrameGeometry, frame_geometry
+
+PROTOCOLS = ("full", "reference", "reference-online")
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    clip_len: int = 24
+    dit_overlap: int = 0
+    protocol: str = "full"
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+    @property
+    def reference(self) -> bool:
+        return self.protocol != "full"
+
+
+def preprocess(frames_u8: torch.Tensor, geom: FrameGeometry, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> model input [1, T, 3, H_pad, W_pad] in [0, 1], as the reference:
+    crop (reference mode), cast with values still 0..255, bilinear resize (align_corners False,
+    no antialias), divide by 255, zero-pad bottom/right."""
+    crop_w, crop_h = geom.crop_size
+    x = frames_u8[:, :crop_h, :crop_w].permute(0, 3, 1, 2).to(dtype)
+    out_w, out_h = geom.output_size
+    if (out_h, out_w) != (crop_h, crop_w):
+        x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    x = x / 255.0
+    pad_w, pad_h = geom.padded_size
+    x = F.pad(x, (0, pad_w - out_w, 0, pad_h - out_h))
+    return x[None]
+
+
+def to_uint8(frames: torch.Tensor, geom: FrameGeometry, rounding: bool = True) -> torch.Tensor:
+    """Decoded [1, T, 3, H_pad, W_pad] in [0, 1] -> uint8 [T, H_out, W_out, 3], padding cropped.
+    The reference truncates x*255; rounding halves the quantisation error."""
+    out_w, out_h = geom.output_size
+    x = (frames[0, :, :, :out_h, :out_w].float() * 255.0).clamp(0, 255)
+    x = torch.round(x) if rounding else torch.trunc(x)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+class Restorer:
+    """Streaming restoration of one video with a SwiftVR model in torch."""
+
+    def __init__(self, model: SwiftVR, input_size: tuple[int, int], settings: RestoreSettings = RestoreSettings(),
+                 output_size: tuple[int, int] | None = None, scale: float | None = None, output: str = "uint8"):
+        self.model, self.settings, self.output = model, settings, output
+        self.device = model.transformer.proj_out.weight.device
+        self.dtype = model.transformer.proj_out.weight.dtype
+        self.geom = frame_geometry(input_size, output_size, scale, crop_to_8=settings.protocol == "reference")
+        if settings.protocol == "reference-online":
+            self.planner = OnlineReferencePlanner(settings.clip_len, settings.dit_overlap)
+        else:
+            self.planner = ChunkPlanner(settings.clip_len, settings.dit_overlap,
+                                        keep_all_frames=settings.protocol == "full")
+        self.cond = model.transformer.conditioning(model.prompt_emb)
+        self.grid_plans = {}
+        self.frames = []            # uint8 [H, W, 3] frames not yet consumed by a chunk
+        self.frames_start = 0       # stream index of self.frames[0]
+        self.last_frame = None
+        self.encoder_state = self.decoder_state = None
+        self.history = None         # the latest LQ latents [1, 48, n, h, w] (prefix source)
+        self.t_offsets = []         # RoPE offsets used, per DiT call (for conformance checks)
+
+    # ---- public ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def push(self, frames) -> torch.Tensor:
+        frames = torch.as_tensor(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        width, height = self.geom.input_size
+        if tuple(frames.shape[1:3]) != (height, width):
+            raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, this restorer was made for {width}x{height}")
+        if len(frames):
+            self.frames.extend(frames.unbind(0))
+            self.last_frame = frames[-1]
+        return self._run(self.planner.push(len(frames)))
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        return self._run(self.planner.finish())
+
+    # ---- chunks ----------------------------------------------------------------------------
+    def _run(self, chunks: list[Chunk]) -> torch.Tensor:
+        outputs = [self._restore_chunk(c) for c in chunks]
+        if outputs:
+            return torch.cat(outputs)
+        out_w, out_h = self.geom.output_size
+        if self.output == "float":
+            return torch.zeros(0, 3, out_h, out_w)
+        return torch.zeros(0, out_h, out_w, 3, dtype=torch.uint8)
+
+    def _chunk_frames(self, chunk: Chunk) -> torch.Tensor:
+        """The chunk's frames, padded to `encode_frames` with copies of its last real frame."""
+        begin = chunk.start - self.frames_start
+        real = self.frames[begin:begin + chunk.frames]
+        pad = chunk.encode_frames - len(real)
+        frames = torch.stack(real + [real[-1] if real else self.last_frame] * pad)
+        # Frames before the next chunk's start are never needed again.
+        consumed = chunk.start + chunk.frames - self.frames_start
+        del self.frames[:consumed]
+        self.frames_start += consumed
+        return frames
+
+    def _restore_chunk(self, chunk: Chunk) -> torch.Tensor:
+        model = self.model
+        x = preprocess(self._chunk_frames(chunk).to(self.device), self.geom, self.dtype)
+        lq, self.encoder_state = model.reae.encode(x, self.encoder_state)      # [1, n, 48, h, w]
+        lq = lq.transpose(1, 2)                                                # DiT layout [1, 48, n, h, w]
+        if chunk.dit_prefix:
+            prefix = torch.zeros_like(lq[:, :, :1]).expand(-1, -1, chunk.dit_prefix, -1, -1) \
+                if chunk.prefix_is_zeros else self.history[:, :, -chunk.dit_prefix:]
+            z = torch.cat([prefix, lq], dim=2)
+        else:
+            z = lq
+        t_offset = chunk.t_offset if self.settings.reference else 0
+        self.t_offsets.append(t_offset)
+        hq = model.transformer.restore(z, self.cond, self._grid_plan(z.shape, t_offset))[:, :, chunk.dit_prefix:]
+        keep = max(self.settings.clip_len // 4, self.settings.dit_overlap)
+        self.history = (lq if self.history is None else torch.cat([self.history, lq], dim=2))[:, :, -keep:]
+        frames, self.decoder_state = model.reae.decode(hq.transpose(1, 2), self.decoder_state)
+        frames = frames[:, chunk.trim:chunk.trim + chunk.emit_frames]
+        if self.output == "float":
+            out_w, out_h = self.geom.output_size
+            return frames[0, :, :, :out_h, :out_w].float()
+        return to_uint8(frames, self.geom, rounding=not self.settings.reference)
+
+    def _grid_plan(self, latent_shape, t_offset: int):
+        grid = self.model.transformer.token_grid(latent_shape)
+        key = (grid, t_offset)
+        if key not in self.grid_plans:
+            self.grid_plans[key] = self.model.transformer.grid_plan(grid, t_offset, self.device)
+        return self.grid_plans[key]
+
+
+def restore_clip(model: SwiftVR, frames, settings: RestoreSettings = RestoreSettings(), **kwargs) -> torch.Tensor:
+    """Whole clip at once: uint8 [T, H, W, 3] -> restored frames."""
+    frames = torch.as_tensor(frames)
+    restorer = Restorer(model, (frames.shape[2], frames.shape[1]), settings, **kwargs)
+    return torch.cat([restorer.push(frames), restorer.flush()])
