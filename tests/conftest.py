@@ -1,0 +1,33 @@
+"""Shared test fixtures: where the golden files are, and the models they were made with."""
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(os.environ.get("SWIFTVR_FIXTURES",
+                               Path(__file__).resolve().parents[1].parent / "shared/reference/fixtures"))
+REFERENCE = FIXTURES.parent
+
+
+def fixture_model(window_hw=(4, 4)):
+    """The models the fixtures were made with: seeded full ReAE, stored tiny DiT, stored prompt."""
+    from safetensors.torch import load_file
+    from swiftvr.checkpoint import SwiftVR
+    from swiftvr.config import DiTConfig
+    from swiftvr.reae import ReAE, seeded_reae_state_dict
+    from swiftvr.transformer import SwiftVRTransformer
+
+    cfg = dataclasses.replace(DiTConfig.from_json(FIXTURES / "dit_tiny_config.json"), self_attn_window_hw=window_hw)
+    transformer = SwiftVRTransformer(cfg)
+    transformer.load_state_dict(load_file(FIXTURES / "dit_tiny_weights.safetensors"), strict=True)
+    reae = ReAE()
+    reae.load_state_dict(seeded_reae_state_dict(0), strict=True)
+    prompt = load_file(FIXTURES / "dit_tiny.safetensors")["prompt_emb"]
+    return SwiftVR(reae.eval(), transformer.eval(), prompt, "fixtures")
+
+
+@pytest.fixture(scope="session")
+def pipeline_model():
+    """The pipeline fixtures' model (window 2x2)."""
+    return fixture_model(window_hw=(2, 2))
