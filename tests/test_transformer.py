@@ -103,3 +103,16 @@ def test_config_rejects_unsupported_fields():
     raw = json.loads((FIXTURES / "dit_tiny_config.json").read_text())
     with pytest.raises(ValueError, match="added_kv_proj_dim"):
         DiTConfig.from_dict({**raw, "added_kv_proj_dim": 64})
+
+
+def test_fused_qkv_is_the_same_function(golden, record_property):
+    dit = fixture_model().transformer
+    z = golden["z_lq_a"]
+    cond = dit.conditioning(golden["prompt_emb"])
+    plan = dit.grid_plan(dit.token_grid(z.shape))
+    with torch.no_grad():
+        before = dit.restore(z, cond, plan)
+        dit.fuse_qkv()
+        after = dit.restore(z, cond, plan)
+    assert not hasattr(dit.blocks[0].attn1, "to_q") and hasattr(dit.blocks[0].attn1, "to_qkv")
+    check("fused_qkv", after, before, record_property, tol=1e-5)
