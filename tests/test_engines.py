@@ -3,6 +3,7 @@
 TensorRT-RTX builds these tiny graphs on the CPU in well under a second each; nothing here runs an
 engine (that needs a GPU). The cpu bundle's graphs are run with ONNX Runtime.
 """
+import importlib.util
 import io
 import json
 import re
@@ -25,7 +26,8 @@ from engines.make_bundle import default_out, make_bundle
 from engines.profiles import PROFILES, get_profile
 from engines.synthetic import SyntheticConfig, write_synthetic_export
 
-pytest.importorskip("tensorrt_rtx")
+requires_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
+                                  reason="needs tensorrt-rtx (pip install tensorrt-rtx)")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,7 @@ def test_default_out_name(fp16_export):
 
 # ------------------------------------------------------------------------------------ rtx bundle
 
+@requires_rtx
 def test_rtx_bundle_matches_graphs(rtx_bundle, fp16_export):
     path, manifest, results, _ = rtx_bundle
     export = json.loads((fp16_export / "export.json").read_text())
@@ -147,6 +150,7 @@ def test_rtx_bundle_matches_graphs(rtx_bundle, fp16_export):
         ("frames", [4, 16, 16, 3], [8, 16, 16, 3], [12, 16, 16, 3])
 
 
+@requires_rtx
 def test_rtx_bundle_members_are_plain_engines(rtx_bundle, tmp_path):
     path, manifest, results, _ = rtx_bundle
     subprocess.run(["tar", "xf", str(path), "-C", str(tmp_path)], check=True)   # what a trtexec user does
@@ -162,6 +166,7 @@ def test_rtx_bundle_members_are_plain_engines(rtx_bundle, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@requires_rtx
 def test_cache_hit_then_rebuilds(rtx_bundle, fp16_export, tmp_path, monkeypatch):
     _, first, _, cache = rtx_bundle
     calls = count_builds(monkeypatch)
@@ -188,6 +193,7 @@ def test_cache_hit_then_rebuilds(rtx_bundle, fp16_export, tmp_path, monkeypatch)
     assert len(calls) == 4
 
 
+@requires_rtx
 def test_damaged_cache_entry_is_rebuilt(rtx_bundle, fp16_export, tmp_path, monkeypatch):
     _, _, results, cache = rtx_bundle
     damaged = tmp_path / "cache"
@@ -201,6 +207,7 @@ def test_damaged_cache_entry_is_rebuilt(rtx_bundle, fp16_export, tmp_path, monke
     assert calls == ["dit.0"]
 
 
+@requires_rtx
 def test_attention_check_fails_on_decomposed_attention(tmp_path):
     export = write_synthetic_export(tmp_path / "e", SyntheticConfig(precision="fp16", fused_attention=False))
     with pytest.raises(BuildError, match=r"dit: attention check failed: .*no ONNX Attention node.*MatMul/Softmax"
@@ -209,6 +216,7 @@ def test_attention_check_fails_on_decomposed_attention(tmp_path):
     assert not (tmp_path / "x.plan").exists()
 
 
+@requires_rtx
 def test_inspect_rtx_bundle(rtx_bundle, capsys):
     assert inspect_main([str(rtx_bundle[0])]) == 0
     out = capsys.readouterr().out
@@ -230,7 +238,7 @@ def test_cpu_bundle_runs_in_onnxruntime(fp32_export, tmp_path, capsys):
 
     def run_chain(folder):
         rng = np.random.default_rng(0)
-        frames = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+        frames = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)   # 3 latents: one DiT call
         zeros = {s["input"]: np.zeros(s["shape"], np.float32) for s in manifest["state"]["encoder"]}
         enc = ort.InferenceSession(str(folder / "encoder.onnx")).run(None, {"frames": frames, **zeros})
         restored = ort.InferenceSession(str(folder / "dit.onnx")).run(None, {"latents": enc[0]})[0]
@@ -238,7 +246,7 @@ def test_cpu_bundle_runs_in_onnxruntime(fp32_export, tmp_path, capsys):
             None, {"latents": restored, "state_in.mem_0": np.zeros((1, 1, 48, 8, 8), np.float32)})
         return dec[0]
     from_bundle = run_chain(out)
-    assert from_bundle.shape == (8, 32, 32, 3) and from_bundle.dtype == np.uint8
+    assert from_bundle.shape == (12, 32, 32, 3) and from_bundle.dtype == np.uint8
     np.testing.assert_array_equal(from_bundle, run_chain(fp32_export))
 
     assert inspect_main([str(path)]) == 0
@@ -346,3 +354,24 @@ def test_full_tensorrt_missing_says_how_to_install(fp16_export, tmp_path):
         pass
     with pytest.raises(ImportError, match=r"pip install \"tensorrt>=10.14\".*NVIDIA's index.*GPU"):
         make_bundle(fp16_export, "h100", out=tmp_path / "x.plan", cache_dir=tmp_path)
+
+
+@requires_rtx
+def test_export_json_must_match_graph(fp16_export, tmp_path):
+    copy = tmp_path / "export"
+    subprocess.run(["cp", "-a", str(fp16_export), str(copy)], check=True)
+    meta = json.loads((copy / "export.json").read_text())
+    meta["graphs"]["encoder"]["inputs"][0]["shape"] = [8, 16, 16, 3]   # graph says T is dynamic
+    (copy / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(BuildError, match=r"encoder: export.json says frames is uint8 \[8, 16, 16, 3\], the ONNX "
+                                         r"graph parses to uint8 \[-1, 16, 16, 3\]"):
+        make_bundle(copy, "rtx5090", out=tmp_path / "x.plan", cache_dir=tmp_path / "cache")
+
+
+@requires_rtx
+def test_weights_over_memory_budget(fp16_export, tmp_path, monkeypatch):
+    import dataclasses
+    tiny = dataclasses.replace(get_profile("rtx5090"), name="tiny-gpu", memory_budget_gb=1e-4)
+    monkeypatch.setitem(PROFILES, "tiny-gpu", tiny)
+    with pytest.raises(BuildError, match=r"weights \(0.0 GiB\) exceed the tiny-gpu memory budget"):
+        make_bundle(fp16_export, "tiny-gpu", out=tmp_path / "x.plan", cache_dir=tmp_path / "cache")

@@ -1,0 +1,12 @@
+"""SwiftVR engines: an export folder (docs/export-format.md) -> one bundle file per resolution + GPU.
+
+  profiles.py       the GPU targets (rtx5090 ... h200, cpu) and what each can run
+  export_folder.py  reading export.json and its ONNX graphs
+  flavours.py       the few places TensorRT-RTX and full TensorRT differ
+  build.py          ONNX graph -> engine (checks I/O and fused attention), through the cache
+  cache.py          engine cache keyed by content hashes and settings
+  bundle.py         the bundle file: write_bundle, read_manifest, open_bundle
+  make_bundle.py    export + profile -> bundle (python -m engines)
+  inspect.py        python -m engines.inspect FILE.plan
+  synthetic.py      small synthetic exports for tests and build-cost measurements
+"""

@@ -1,0 +1,41 @@
+"""python -m engines --export DIR --gpu NAME [--precision P] [--out FILE] [--cache DIR] [--force]
+
+Builds one bundle (engines/<res>.plan by default, res from the export's output height) for one GPU
+profile. Engines come from the build cache when their graph and settings are unchanged.
+"""
+import argparse
+import sys
+
+from engines.build import BuildError
+from engines.bundle import BundleError
+from engines.cache import DEFAULT_CACHE_DIR
+from engines.make_bundle import make_bundle
+from engines.profiles import PROFILES
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export", required=True, help="export folder (python -m export ... --out DIR)")
+    p.add_argument("--gpu", required=True, help=f"GPU profile: {', '.join(PROFILES)}")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="must match the export's; checked against the GPU profile (default: the export's)")
+    p.add_argument("--out", help="bundle file (default engines/<res>.plan, e.g. engines/360p.plan)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE_DIR), help="engine build cache (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="rebuild every engine, ignoring the cache")
+    p.add_argument("--opt-level", type=int, default=3, choices=range(6),
+                   help="TensorRT builder optimization level (default %(default)s)")
+    a = p.parse_args(argv)
+    try:
+        make_bundle(a.export, a.gpu, a.precision, a.out, a.cache, a.force, a.opt_level)
+    except (BuildError, BundleError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written (finished engines stay in the cache)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Reading an export folder (docs/export-format.md): export.json, its graphs, their files.
+
+Everything the engine stage needs comes from export.json; the ONNX files are opened only to find
+their external data and count their Attention nodes (without loading any weights).
+"""
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+EXPORT_FORMAT = "swiftvr-export"
+EXPORT_VERSIONS = (1,)
+
+# Bytes per element of the ONNX initializer types a SwiftVR export can hold.
+_ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+                  onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4,
+                  onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1, onnx.TensorProto.BOOL: 1,
+                  onnx.TensorProto.FLOAT8E4M3FN: 1}
+
+
+@dataclass
+class GraphSpec:
+    """One graph of the export: what export.json says about it."""
+    name: str          # file name without .onnx: "encoder", "dit", "dit.0", "decoder"
+    role: str          # "encoder" | "dit" | "decoder"
+    path: Path
+    inputs: list[dict]   # [{"name", "shape" (ints, strings for dynamic dims), "dtype"}]
+    outputs: list[dict]
+    dynamic: dict        # {"T": {"min", "opt", "max"}}
+    blocks: list | None  # DiT parts: [first, end) transformer blocks
+
+    def entry(self) -> dict:
+        """The export.json description of this graph (part of the engine cache key)."""
+        return {"file": self.path.name, "inputs": self.inputs, "outputs": self.outputs,
+                "dynamic": self.dynamic, "blocks": self.blocks}
+
+
+@dataclass
+class ExportFolder:
+    path: Path
+    meta: dict               # export.json as read
+    graphs: list[GraphSpec]  # encoder, dit part(s) in chain order, decoder
+
+    @property
+    def precision(self) -> str:
+        return self.meta["precision"]
+
+    @property
+    def resolution_name(self) -> str:
+        """"360p" for an output height of 360."""
+        return f"{self.meta['output_size'][1]}p"
+
+
+def read_export(path) -> ExportFolder:
+    path = Path(path)
+    meta_path = path / "export.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an export folder: no export.json "
+                                f"(make one with `python -m export ... --out {path}`)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != EXPORT_FORMAT or meta.get("version") not in EXPORT_VERSIONS:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+                         f"this code reads {EXPORT_FORMAT!r} versions {list(EXPORT_VERSIONS)}")
+    for key in ("precision", "output_size", "graphs"):
+        if key not in meta:
+            raise ValueError(f"{meta_path} has no {key!r}")
+    g = meta["graphs"]
+    dit_parts = g["dit"] if isinstance(g["dit"], list) else [g["dit"]]
+    graphs = [_graph_spec(path, "encoder", g["encoder"])]
+    graphs += [_graph_spec(path, "dit", part) for part in dit_parts]
+    graphs.append(_graph_spec(path, "decoder", g["decoder"]))
+    return ExportFolder(path, meta, graphs)
+
+
+def _graph_spec(folder: Path, role: str, entry: dict) -> GraphSpec:
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"export.json names {entry['file']} but {path} does not exist")
+    name = path.name.removesuffix(".onnx")
+    dynamic = entry.get("dynamic", {})
+    for tensor in entry["inputs"]:
+        for dim in tensor["shape"]:
+            if isinstance(dim, str) and dim not in dynamic:
+                raise ValueError(f"{name}: input {tensor['name']} has dynamic dim {dim!r} with no range "
+                                 f"in export.json 'dynamic' ({sorted(dynamic)})")
+    return GraphSpec(name, role, path, entry["inputs"], entry["outputs"], dynamic, entry.get("blocks"))
+
+
+def load_graph_proto(path: Path) -> onnx.ModelProto:
+    """The ONNX model without its weights' external data (cheap even for a 10 GB DiT)."""
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _all_graphs(graph: onnx.GraphProto, depth=0):
+    """The graph and every subgraph (If/Loop/Scan bodies) in it, with nesting depth."""
+    yield graph, depth
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(attr.g, depth + 1)
+            for sub in attr.graphs:
+                yield from _all_graphs(sub, depth + 1)
+
+
+def _all_tensors(model: onnx.ModelProto):
+    for graph, _ in _all_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                yield from attr.tensors
+
+
+def external_data_files(path: Path, model: onnx.ModelProto | None = None) -> list[Path]:
+    """The external data files the ONNX file at `path` refers to (relative to its folder)."""
+    model = model or load_graph_proto(path)
+    names = set()
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            names.add(next(e.value for e in t.external_data if e.key == "location"))
+    files = [path.parent / n for n in sorted(names)]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{path.name} refers to external data {f.name}, which is missing")
+    return files
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all initializers / constants, from their dims and dtype (data not loaded)."""
+    total = 0
+    for t in _all_tensors(model):
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n * _ONNX_ITEMSIZE.get(t.data_type, 4)
+    return total
+
+
+def count_attention_nodes(model: onnx.ModelProto) -> tuple[int, int]:
+    """(ONNX Attention nodes in the main graph, Attention nodes inside If/Loop bodies)."""
+    top = nested = 0
+    for graph, depth in _all_graphs(model.graph):
+        n = sum(1 for node in graph.node if node.op_type == "Attention" and node.domain in ("", "ai.onnx"))
+        if depth == 0:
+            top += n
+        else:
+            nested += n
+    return top, nested
+
+
+def sha256_file(path: Path, chunk=1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def graph_files(spec: GraphSpec) -> list[Path]:
+    """The .onnx file then its external data files: everything the graph is made of."""
+    return [spec.path] + external_data_files(spec.path)
+
+
+def graph_sha256(spec: GraphSpec) -> str:
+    """Content hash of the graph: its .onnx and its external data, by name and content."""
+    h = hashlib.sha256()
+    for f in graph_files(spec):
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()

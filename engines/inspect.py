@@ -1,0 +1,156 @@
+"""python -m engines.inspect FILE.plan [--json] [--no-verify]
+
+Prints what a bundle holds: its manifest (target, precision, model, sizes, chunk protocol, state
+pairs) and one summary per engine, then what could be checked beyond the manifest:
+  * TensorRT engines: deserialized and read with the engine inspector, which needs an NVIDIA GPU of
+    a target compute capability (TensorRT-RTX's runtime queries the GPU even to deserialize).
+    Without one, the layer counts shown are those the builder recorded from the network definition
+    (before TensorRT's fusions), and the output says that the engines themselves were not checked.
+  * cpu bundles: the ONNX graphs are read back from the bundle and compared with the manifest.
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+
+from engines.bundle import BundleError, open_bundle
+from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _shape(t):
+    s = "[" + ",".join(map(str, t["shape"])) + "]"
+    if "min" in t:
+        s += "  min " + "x".join(map(str, t["min"])) + " opt " + "x".join(map(str, t["opt"])) + \
+             " max " + "x".join(map(str, t["max"]))
+    return s
+
+
+def print_manifest(bundle, verified: bool) -> None:
+    m = bundle.manifest
+    t, b = m["target"], m["builder"]
+    print(f"bundle    {bundle.path}  ({_mib(bundle.path.stat().st_size)}, {m['format']} v{m['format_version']}, "
+          f"members {'sha256 verified' if verified else 'NOT verified (--no-verify)'})")
+    print(f"target    {t['gpu']}  {t['flavour']}  SM {', '.join(t['compute_capabilities']) or '-'}  "
+          f"precision {m['precision']}  memory budget "
+          f"{str(t['memory_budget_gb']) + ' GB' if t['memory_budget_gb'] else 'host memory'}")
+    print(f"builder   {b['module']} {b['version'] or ''}  settings {json.dumps(b['settings'])}")
+    model = m.get("model") or {}
+    print(f"model     preset {model.get('preset')}  checkpoint_sha256 {model.get('checkpoint_sha256')}  "
+          f"export.json sha256 {m['export']['export_json_sha256'][:16]}...  created {m['created']}")
+    s = m["sizes"]
+    print(f"sizes     {s['resolution']}: input {s['input_size']} -> output {s['output_size']}  padded "
+          f"{s['padded_size']}  latent {s['latent_size']}  scale {s['scale']}")
+    print(f"chunk     {json.dumps(m.get('chunk'))}")
+    for graph, pairs in (m.get("state") or {}).items():
+        for p in pairs:
+            print(f"state     {graph}: {p['input']} -> {p['output']}  {p['dtype']} {p['shape']}")
+    print("engines")
+    for e in m["engines"]:
+        size = sum(m["members"][f]["size"] for f in e["files"])
+        net, build = e["network"], e.get("build")
+        blocks = f" blocks {e['blocks']}" if e.get("blocks") else ""
+        if "layers" in net:
+            what = (f"{net['layers']} network layers, attention {net['attention_input_layers']} in / "
+                    f"{net['attention_output_layers']} out for {net['onnx_attention_nodes']} ONNX Attention")
+        else:
+            what = (f"{net['onnx_nodes']} ONNX nodes (opset {net['opset']}), "
+                    f"{net['onnx_attention_nodes']} Attention, weights {_mib(net['weight_bytes'])}")
+        print(f"  {e['name']:<9} {e['member']:<16} {_mib(size):>11}  {m['precision']}  {what}{blocks}")
+        if build:
+            print(f"            built {build['built_at']} in {build['build_seconds']:.1f} s "
+                  f"(parse {build['parse_seconds']:.1f} s), peak RSS {build['peak_rss_bytes'] / 2**30:.2f} GiB")
+        for kind in ("inputs", "outputs"):
+            for tensor in e[kind]:
+                print(f"            {kind[:-1]:<6} {tensor['name']:<16} {tensor['dtype']:<9} {_shape(tensor)}")
+
+
+def check_tensorrt_engines(bundle) -> list[str]:
+    """Deserialize and inspect each engine where this machine can; say plainly where it cannot."""
+    m = bundle.manifest
+    flavour, ccs = m["target"]["flavour"], m["target"]["compute_capabilities"]
+    try:
+        trt = import_tensorrt(flavour)
+    except ImportError:
+        return [f"engines not checked: {flavour} is not installed here ({INSTALL_HINTS[flavour]})"]
+    try:
+        gpu = local_gpu()
+    except RuntimeError:
+        return ["engines not checked: deserializing a TensorRT engine needs an NVIDIA GPU and this machine "
+                "has none (nvidia-smi); the layer counts above are from the network definition recorded at "
+                "build time, before TensorRT's fusions"]
+    if gpu["compute_capability"] not in ccs:
+        return [f"engines not checked: this machine's {gpu['name']} (SM {gpu['compute_capability']}) is not a "
+                f"target of this bundle (SM {', '.join(ccs)})"]
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    lines = [f"engines deserialized on {gpu['name']} (SM {gpu['compute_capability']}) with {flavour} {trt.__version__}"]
+    for e in m["engines"]:
+        engine = runtime.deserialize_cuda_engine(bundle.view(e["member"]))
+        if engine is None:
+            lines.append(f"  {e['name']}: FAILED to deserialize (see TensorRT's log above)")
+            continue
+        info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+        layers = info.get("Layers", [])
+        kinds = Counter((layer.get("LayerType", "?") if isinstance(layer, dict) else "?") for layer in layers)
+        attention = sum(1 for layer in layers if any(k in json.dumps(layer).lower() for k in ("attention", "mha")))
+        io = [f"{engine.get_tensor_name(i)} {engine.get_tensor_dtype(engine.get_tensor_name(i)).name}"
+              for i in range(engine.num_io_tensors)]
+        lines.append(f"  {e['name']}: {len(layers)} engine layers ({dict(kinds.most_common(6))}), "
+                     f"{attention} mentioning attention; I/O {', '.join(io)}")
+    return lines
+
+
+def check_onnx_members(bundle) -> list[str]:
+    import onnx
+    from onnx import helper
+
+    lines = ["ONNX graphs read back from the bundle (weights in external data not loaded):"]
+    for e in bundle.manifest["engines"]:
+        model = onnx.load_from_string(bundle.read(e["member"]))
+        ops = Counter(n.op_type for n in model.graph.node)
+
+        def io(values):
+            out = []
+            for v in values:
+                t = v.type.tensor_type
+                dtype = "bfloat16" if t.elem_type == onnx.TensorProto.BFLOAT16 else \
+                    str(helper.tensor_dtype_to_np_dtype(t.elem_type))
+                out.append((v.name, dtype, [d.dim_param or d.dim_value for d in t.shape.dim]))
+            return out
+        want = [(t["name"], t["dtype"], t["shape"]) for t in e["inputs"]] + \
+               [(t["name"], t["dtype"], t["shape"]) for t in e["outputs"]]
+        same = io(model.graph.input) + io(model.graph.output) == want
+        lines.append(f"  {e['name']}: {len(model.graph.node)} nodes, {ops.get('Attention', 0)} Attention, "
+                     f"{ops.get('Softmax', 0)} Softmax; I/O {'matches' if same else 'DOES NOT match'} the manifest")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines.inspect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every member")
+    a = p.parse_args(argv)
+    try:
+        bundle = open_bundle(a.bundle, verify=not a.no_verify)
+    except (BundleError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with bundle:
+        if a.json:
+            print(json.dumps(bundle.manifest, indent=1))
+            return 0
+        print_manifest(bundle, verified=not a.no_verify)
+        flavour = bundle.manifest["target"]["flavour"]
+        lines = check_onnx_members(bundle) if flavour == "onnx" else check_tensorrt_engines(bundle)
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Export folder + GPU profile -> one bundle file (what `python -m engines` runs).
+
+The manifest written into the bundle holds everything a runtime needs besides the engines:
+
+  created, target {gpu, flavour, compute_capabilities, memory_budget_gb, notes}, precision,
+  builder {flavour, module, version, settings: optimization level, workspace, strongly typed, ...},
+  model (export.json "model": preset, checkpoint, checkpoint_sha256, transformer_config, ...),
+  export {format, version, created, export_json_sha256},
+  sizes {input_size, output_size, padded_size, latent_size, scale, resolution},
+  chunk (export.json "chunk": clip_len, dit_overlap, dit_latent_frames, encoder/decoder frames),
+  state {encoder: [{input, output, shape, dtype}], decoder: [...]}: state_in.X pairs with state_out.X,
+  engines: in chain order [{name, role, member, files, blocks, graph_sha256, inputs, outputs,
+           dynamic, network (layers, layer types, attention counts), build (seconds, peak RSS)}],
+           inputs with dynamic dims carry their "min"/"opt"/"max" shapes,
+  members {name: {size, sha256}} (added by write_bundle).
+"""
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engines.build import build_engines
+from engines.bundle import write_bundle
+from engines.cache import DEFAULT_CACHE_DIR
+from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
+                                   load_graph_proto, read_export, sha256_file, weight_bytes)
+from engines.flavours import MODULES
+from engines.profiles import GpuProfile, check_precision, get_profile
+
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def default_out(export: ExportFolder) -> Path:
+    return DEFAULT_OUT_DIR / f"{export.resolution_name}.plan"
+
+
+def check_export_precision(export: ExportFolder, precision: str | None, profile: GpuProfile) -> str:
+    """The bundle's precision: the export's (networks are strongly typed), and one the GPU runs."""
+    precision = precision or export.precision
+    if precision != export.precision:
+        raise ValueError(f"--precision {precision}, but {export.path} was exported in {export.precision}; the "
+                         f"engines take their precision from the graphs' dtypes, so re-export with "
+                         f"--precision {precision}")
+    check_precision(profile, precision)
+    want = FLOAT_DTYPES[precision]
+    for spec in export.graphs:   # export.json agrees with itself: float I/O in the export precision
+        for t in spec.inputs + spec.outputs:
+            if t["dtype"].startswith(("float", "bfloat")) and t["dtype"] != want:
+                raise ValueError(f"{spec.name}: {t['name']} is {t['dtype']} in an export declared {precision}")
+    return precision
+
+
+def _with_ranges(tensors: list[dict], dynamic: dict) -> list[dict]:
+    out = []
+    for t in tensors:
+        t = dict(t)
+        if any(isinstance(d, str) and d in dynamic for d in t["shape"]):
+            for which in ("min", "opt", "max"):
+                t[which] = [dynamic[d][which] if isinstance(d, str) else d for d in t["shape"]]
+        out.append(t)
+    return out
+
+
+def _engine_entry(spec, member: str, files: list[str], graph_hash: str, network: dict, build: dict | None) -> dict:
+    return {"name": spec.name, "role": spec.role, "member": member, "files": files, "blocks": spec.blocks,
+            "graph_sha256": graph_hash, "inputs": _with_ranges(spec.inputs, spec.dynamic),
+            "outputs": spec.outputs, "dynamic": spec.dynamic, "network": network, "build": build}
+
+
+def _onnx_network_summary(spec) -> dict:
+    """What the ONNX graph itself says (cpu bundles have no TensorRT network)."""
+    model = load_graph_proto(spec.path)
+    top, nested = count_attention_nodes(model)
+    return {"onnx_nodes": len(model.graph.node),
+            "op_types": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+            "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "onnx_attention_nodes": top + nested, "weight_bytes": weight_bytes(model)}
+
+
+def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, cache_dir=DEFAULT_CACHE_DIR,
+                force: bool = False, optimization_level: int = 3) -> tuple[Path, dict, list]:
+    """Build (or take from the cache) every engine of the export for `gpu`; write the bundle.
+
+    Returns (bundle path, manifest as written, EngineResult list; empty for cpu).
+    """
+    profile = get_profile(gpu)
+    export = read_export(export_dir)
+    precision = check_export_precision(export, precision, profile)
+    out = Path(out) if out else default_out(export)
+
+    engines, members, results = [], [], []
+    if profile.flavour == "onnx":
+        builder = {"flavour": "onnx", "module": "onnxruntime", "version": None,
+                   "settings": {"note": "no engines: the ONNX graphs themselves, for ONNX Runtime"}}
+        for spec in export.graphs:
+            files = graph_files(spec)
+            for f in files:   # graphs may share an external data file: bundle it once
+                if f.name not in dict(members):
+                    members.append((f.name, f))
+            engines.append(_engine_entry(spec, spec.path.name, [f.name for f in files], graph_sha256(spec),
+                                         _onnx_network_summary(spec), None))
+    else:
+        results, settings = build_engines(export, profile, cache_dir, force, optimization_level)
+        builder = {"flavour": profile.flavour, "module": MODULES[profile.flavour],
+                   "version": settings["tensorrt_version"], "settings": settings}
+        for spec, r in zip(export.graphs, results):
+            rec = r.record
+            network = {**rec["network"], **rec["attention"]}
+            build = {k: rec[k] for k in ("parse_seconds", "build_seconds", "peak_rss_bytes", "built_at")}
+            members.append((r.member, r.path, r.sha256))
+            engines.append(_engine_entry(spec, r.member, [r.member], rec["graph_sha256"], network, build))
+
+    meta = export.meta
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": {"gpu": profile.name, "flavour": profile.flavour,
+                   "compute_capabilities": list(profile.compute_capabilities),
+                   "memory_budget_gb": profile.memory_budget_gb, "notes": profile.notes},
+        "precision": precision,
+        "builder": builder,
+        "model": meta.get("model"),
+        "export": {"format": meta["format"], "version": meta["version"], "created": meta.get("created"),
+                   "export_json_sha256": sha256_file(export.path / "export.json")},
+        "sizes": {k: meta.get(k) for k in ("input_size", "output_size", "padded_size", "latent_size", "scale")}
+                 | {"resolution": export.resolution_name},
+        "chunk": meta.get("chunk"),
+        "state": meta.get("state"),
+        "engines": engines,
+    }
+    manifest = write_bundle(out, manifest, members)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 2**20:.1f} MiB): {profile.name}, {precision}, "
+          f"{', '.join(m[0] for m in members)}", file=sys.stderr)
+    return out, manifest, results

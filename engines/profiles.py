@@ -1,0 +1,85 @@
+"""The GPUs a bundle can target: one row per deployable GPU, plus `cpu` (ONNX Runtime).
+
+What decides a row:
+  * flavour: which builder makes the engines.
+      'tensorrt-rtx'  TensorRT for RTX: builds ahead of time on any machine, no GPU needed, for the
+                      compute capabilities listed (SM75..SM121; it has no SM90 target).
+      'tensorrt'      full TensorRT: Hopper (SM90) needs it; it builds on, and for, the GPU it runs on.
+      'onnx'          no engines; the bundle carries the ONNX graphs for ONNX Runtime.
+  * precisions: the networks are strongly typed, so the precision is the export's float dtype.
+    fp32 is not offered on GPUs: the fused attention kernels exist for fp16/bf16 only, and
+    TensorRT-RTX fails to build fp32 ONNX Attention ("not supported by a dedicated kernel").
+    Turing (SM75) has no bf16 tensor cores. ONNX Runtime's CPU kernels lack bf16 for most ops.
+  * memory_budget_gb: device memory the engines of one bundle may use (weights + scratch), i.e.
+    the card's memory less what the CUDA context, the display and the video I/O buffers need.
+    The builder refuses graphs whose weights do not fit and caps each engine's scratch at it.
+"""
+from dataclasses import dataclass
+
+FLAVOURS = ("tensorrt-rtx", "tensorrt", "onnx")
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    name: str
+    flavour: str                          # one of FLAVOURS
+    compute_capabilities: tuple[str, ...]  # "major.minor"; empty for cpu
+    default_precision: str                # what to export for this target
+    precisions: tuple[str, ...]           # what the target can run
+    memory_budget_gb: float | None        # GiB; None: host memory (cpu)
+    notes: str
+
+
+_ROWS = [
+    GpuProfile("rtx5090", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 30.0,
+               "GeForce RTX 5090, 32 GB, Blackwell."),
+    GpuProfile("rtx-pro-6000", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 90.0,
+               "RTX PRO 6000 Blackwell, 96 GB."),
+    GpuProfile("gb10", "tensorrt-rtx", ("12.1",), "bf16", ("bf16", "fp16"), 100.0,
+               "DGX Spark GB10: 128 GB unified memory shared with the CPU side."),
+    GpuProfile("rtx4090", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 22.0,
+               "GeForce RTX 4090, 24 GB, Ada."),
+    GpuProfile("l40s", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 44.0,
+               "L40S, 48 GB, Ada."),
+    GpuProfile("rtx3090", "tensorrt-rtx", ("8.6",), "bf16", ("bf16", "fp16"), 22.0,
+               "GeForce RTX 3090, 24 GB, Ampere."),
+    GpuProfile("a100", "tensorrt-rtx", ("8.0",), "bf16", ("bf16", "fp16"), 38.0,
+               "A100 40 GB (budget sized for the 40 GB part; the 80 GB part fits the same bundle)."),
+    GpuProfile("rtx2080ti", "tensorrt-rtx", ("7.5",), "fp16", ("fp16",), 10.0,
+               "GeForce RTX 2080 Ti, 11 GB, Turing: no bf16. The 5B DiT's fp16 weights (~10 GB) "
+               "do not fit; only small presets do."),
+    GpuProfile("h100", "tensorrt", ("9.0",), "bf16", ("bf16", "fp16"), 76.0,
+               "H100 80 GB, Hopper: TensorRT-RTX has no SM90 target, so full TensorRT (>= 10.14 for "
+               "ONNX Attention), built on an H100."),
+    GpuProfile("h200", "tensorrt", ("9.0",), "bf16", ("bf16", "fp16"), 134.0,
+               "H200 141 GB, Hopper: full TensorRT (>= 10.14), built on an H100/H200."),
+    GpuProfile("cpu", "onnx", (), "fp32", ("fp32", "fp16"), None,
+               "No engines: the ONNX graphs (and external data) for ONNX Runtime."),
+]
+
+PROFILES: dict[str, GpuProfile] = {p.name: p for p in _ROWS}
+assert all(p.flavour in FLAVOURS for p in _ROWS)
+
+
+def get_profile(name: str) -> GpuProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown GPU profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def check_precision(profile: GpuProfile, precision: str) -> None:
+    """Raise if `profile` cannot run graphs exported in `precision`."""
+    if precision in profile.precisions:
+        return
+    why = ""
+    if precision == "fp32" and profile.flavour != "onnx":
+        why = (" TensorRT's fused attention kernels need fp16 or bf16 (TensorRT-RTX fails to build "
+               "fp32 ONNX Attention).")
+    elif precision == "bf16" and profile.compute_capabilities == ("7.5",):
+        why = " Turing (SM75) has no bf16."
+    elif precision == "bf16" and profile.flavour == "onnx":
+        why = " ONNX Runtime's CPU kernels have no bf16 for most ops."
+    raise ValueError(f"precision {precision} is not available on {profile.name}: it runs "
+                     f"{', '.join(profile.precisions)}.{why} Export with --precision "
+                     f"{profile.default_precision} for this target.")
