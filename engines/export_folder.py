@@ -67,7 +67,12 @@ def read_export(path) -> ExportFolder:
         if key not in meta:
             raise ValueError(f"{meta_path} has no {key!r}")
     g = meta["graphs"]
-    dit_parts = g["dit"] if isinstance(g["dit"], list) else [g["dit"]]
+    dit = g["dit"]
+    if isinstance(dit, dict) and "file" not in dit:
+        # One DiT (whole or in parts) per latent-frame count the chunk protocol calls it with.
+        dit_parts = [part for frames in sorted(dit, key=int) for part in dit[frames]]
+    else:
+        dit_parts = dit if isinstance(dit, list) else [dit]
     graphs = [_graph_spec(path, "encoder", g["encoder"])]
     graphs += [_graph_spec(path, "dit", part) for part in dit_parts]
     graphs.append(_graph_spec(path, "decoder", g["decoder"]))

@@ -1,0 +1,102 @@
+"""`make engine`: checkpoint (or the tiny preset) -> ONNX export -> one bundle, in one command.
+
+    python -m engines.make --res 1080p --gpu rtx5090 [--scale 4 | --input WxH] [--precision bf16]
+                           [--checkpoint DIR] [--dit-parts N] [--out engines/1080p.plan]
+
+The export lands in `exports/<resolution>-<precision>-<key>/`, where the key hashes every input of
+the export (weights' content hash, sizes, chunk protocol, precision, parts): an unchanged request
+reuses it, and the engine build cache does the same per engine, so a repeated `make engine` costs
+only the hashing. Without --checkpoint the tiny preset with seeded random weights is built, and
+the command says so: such a bundle exercises every code path but restores nothing.
+"""
+import argparse
+import hashlib
+import json
+from pathlib import Path
+import sys
+
+from swiftvr.sizes import parse_size, resolution_name
+
+from .profiles import get_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORTS = ROOT / "exports"
+RANDOM_SEED = 0
+# Blocks per DiT part for the 5B model: TensorRT-RTX needs ~0.7 GiB of host memory per block to
+# build (docs/benchmarks.md), so 10-block parts build in ~7 GiB, well inside a 24 GiB machine.
+BLOCKS_PER_PART = 10
+
+
+def export_key(weights: str, args, precision: str, parts: int) -> str:
+    request = {"weights": weights, "res": list(parse_size(args.res)), "scale": args.scale, "input": args.input,
+               "clip_len": args.clip_len, "dit_overlap": args.dit_overlap, "precision": precision, "parts": parts}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines.make", description=__doc__.split("\n\n")[0])
+    p.add_argument("--res", default="360p", help="output size: a name (360p ... 2160p) or WxH")
+    size_in = p.add_mutually_exclusive_group()
+    size_in.add_argument("--scale", type=float, help="input = output / scale (default 4)")
+    size_in.add_argument("--input", metavar="WxH", help="input frame size instead of --scale")
+    p.add_argument("--gpu", default="rtx5090", help="GPU profile (python -m engines --help lists them)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the GPU profile's")
+    p.add_argument("--checkpoint", help="release checkpoint folder (default: tiny preset, random weights)")
+    p.add_argument("--clip-len", type=int, default=24)
+    p.add_argument("--dit-overlap", type=int, default=0)
+    p.add_argument("--dit-parts", type=int, help=f"DiT engines chained (default: 1 for tiny, "
+                                                 f"{BLOCKS_PER_PART} blocks per part for 5b)")
+    p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
+    p.add_argument("--force", action="store_true", help="rebuild the export and every engine")
+    args = p.parse_args(argv)
+
+    try:
+        profile = get_profile(args.gpu)
+        precision = args.precision or profile.default_precision
+        parse_size(args.res)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.checkpoint:
+        from swiftvr.checkpoint import CheckpointError, checkpoint_sha256
+        from swiftvr.config import DiTConfig
+        try:
+            print(f"hashing {args.checkpoint} ...", flush=True)
+            weights = checkpoint_sha256(args.checkpoint)
+            layers = DiTConfig.from_json(Path(args.checkpoint) / "transformer" / "config.json").num_layers
+        except (CheckpointError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        source_args = ["--checkpoint", args.checkpoint]
+    else:
+        print(f"no checkpoint given: building the tiny preset with seeded random weights (seed {RANDOM_SEED}). "
+              f"It runs every code path but restores nothing; pass CKPT=DIR for the release model.")
+        weights, layers = f"random:tiny:{RANDOM_SEED}", 3
+        source_args = ["--preset", "tiny", "--random-weights", str(RANDOM_SEED)]
+    parts = args.dit_parts or -(-layers // BLOCKS_PER_PART)
+
+    key = export_key(weights, args, precision, parts)
+    export_dir = EXPORTS / f"{resolution_name(parse_size(args.res))}-{precision}-{key}"
+    if args.force or not (export_dir / "export.json").exists():
+        from export.__main__ import main as export_main
+        export_argv = source_args + ["--res", args.res, "--precision", precision, "--clip-len", str(args.clip_len),
+                                     "--dit-overlap", str(args.dit_overlap), "--dit-parts", str(parts),
+                                     "--out", str(export_dir), "--overwrite"]
+        export_argv += ["--scale", str(args.scale)] if args.scale else []
+        export_argv += ["--input", args.input] if args.input else []
+        code = export_main(export_argv)
+        if code:
+            return code
+    else:
+        print(f"reusing export {export_dir.relative_to(ROOT)} (same weights and settings)")
+
+    from .__main__ import main as engines_main
+    engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]
+    engines_argv += ["--out", args.out] if args.out else []
+    engines_argv += ["--force"] if args.force else []
+    return engines_main(engines_argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The backend interface: what TensorRT, ONNX Runtime and torch each provide, and nothing more.
+
+A backend gives two objects:
+
+  LoadedModel  the graphs / engines / weights, loaded once. Shared read-only by any number of
+               Sessions, also from several threads. It makes the per-stream objects below.
+  Kernels      one stream's executors (TensorRT execution contexts, CUDA streams, torch grid
+               plans...). Owned by one Session, never shared. Its methods work on the backend's
+               own device arrays (numpy, torch tensors, CUDA buffers) and never move them to the
+               host except in `download`:
+
+      host_frames(count)        host buffer uint8 [count, H_in, W_in, 3] to gather a chunk into
+                                (pinned memory on CUDA, so the upload is a real async copy)
+      upload(host)              -> frames on the device
+      zero_state(which)         -> the "encoder" / "decoder" boundary state at stream start
+      encode(frames, state)     -> (LQ latents [1, 48, n, h, w], new state)
+      dit(latents)              -> restored latents, same shape
+      decode(latents, state)    -> (uint8 frames [4n, H_out, W_out, 3], new state)
+      download(frames, start, count) -> host frames[start:start+count] (starts the copy on CUDA)
+      finish(host)              -> the downloaded frames as a numpy array the caller owns
+      concat(a, b)              latents along the frame axis (2)
+      take_last(x, n)           the last n latent frames (x itself when it has no more)
+      zeros(like, n)            n zero latent frames shaped like `like`
+
+The Runner below puts each call on its stage's lane (runtime/lanes.py), which is where overlap
+comes from; the chunk logic itself lives once, in runtime/session.py.
+"""
+import numpy as np
+
+from .lanes import StageStats
+from .spec import ModelSpec
+
+
+class LoadedModel:
+    spec: ModelSpec
+
+    def kernels(self):
+        raise NotImplementedError
+
+    def lanes(self, overlap: bool, stats: StageStats) -> dict:
+        raise NotImplementedError
+
+    def memory(self) -> dict:
+        """{"device": str, "in_use_bytes": int | None, "peak_bytes": int | None} (None: cannot tell)."""
+        return {"device": self.spec.device, "in_use_bytes": None, "peak_bytes": None}
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    @property
+    def default_in_flight(self) -> int:
+        """Chunks in flight when the caller does not say. On a GPU the stages run on their own
+        streams and overlap (3). On the CPU the stages compete for the same cores: measured on 2
+        cores (tiny preset, 96x54 -> 192x108, interleaved runs), 3 chunks in flight on threads gave
+        8.96 frames/s with ONNX Runtime against 9.07 one at a time, and torch 6.67 against 6.36:
+        no gain worth three chunks of memory and latency, so one at a time."""
+        return 3 if self.spec.device.startswith("cuda") or self.spec.backend == "tensorrt" else 1
+
+    def new_runner(self, overlap: bool, stats: StageStats) -> "Runner":
+        return Runner(self.kernels(), self.lanes(overlap, stats))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Runner:
+    """A Kernels object with each call routed to its stage's lane. Values passed between calls are
+    whatever the lanes make of them (arrays, Futures, arrays plus CUDA events)."""
+
+    def __init__(self, kernels, lanes: dict):
+        self.k, self.lanes = kernels, lanes
+
+    def host_frames(self, count: int) -> np.ndarray:
+        return self.k.host_frames(count)
+
+    def zero_state(self, which: str):
+        return self.lanes["encode" if which == "encoder" else "decode"].submit(self.k.zero_state, which, timed=False)
+
+    def upload(self, host: np.ndarray):
+        return self.lanes["upload"].submit(self.k.upload, host)
+
+    def encode(self, frames, state):
+        return self.lanes["encode"].submit(self.k.encode, frames, state, outputs=2)
+
+    def dit(self, latents):
+        return self.lanes["dit"].submit(self.k.dit, latents)
+
+    def decode(self, latents, state):
+        return self.lanes["decode"].submit(self.k.decode, latents, state, outputs=2)
+
+    def download(self, frames, start: int, count: int):
+        return self.lanes["download"].submit(self.k.download, frames, start, count)
+
+    # array ops run untimed on the lane of the stage that needs them
+    def concat(self, a, b, stage: str):
+        return self.lanes[stage].submit(self.k.concat, a, b, timed=False)
+
+    def take_last(self, x, n: int, stage: str):
+        return self.lanes[stage].submit(self.k.take_last, x, n, timed=False)
+
+    def zeros(self, like, n: int, stage: str):
+        return self.lanes[stage].submit(self.k.zeros, like, n, timed=False)
+
+    def ready(self, ticket) -> bool:
+        return self.lanes["download"].ready(ticket)
+
+    def result(self, ticket) -> np.ndarray:
+        """Wait for a download and return its frames."""
+        return self.k.finish(self.lanes["download"].wait(ticket))
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.close()

@@ -1,0 +1,193 @@
+"""The ONNX Runtime backend: runs an export folder, or a `cpu` bundle (which holds the ONNX graphs).
+
+CPU by default; CUDA where onnxruntime-gpu is installed (`--device cuda`, or automatically when its
+CUDAExecutionProvider is there). Values between stages are OrtValues bound with IOBinding, so the
+boundary states stay where the graphs run. The small latent array ops (prefix, history) go through
+numpy: free on the CPU (OrtValue and numpy share memory there), a small copy on CUDA.
+
+One InferenceSession per graph, shared by every Session: ORT's run() may be called from several
+threads at once. Per-stream state (boundary states, history) lives in the Session.
+"""
+import numpy as np
+
+from .backend import LoadedModel
+from .errors import MissingPackageError, RuntimeSetupError
+from .lanes import StageStats, cpu_lanes
+from .spec import dit_chains, export_dit_entries, pick_chain, spec_from_meta
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise MissingPackageError("the ONNX Runtime backend", "onnxruntime",
+                                  "pip install onnxruntime   (or onnxruntime-gpu for CUDA)", e) from None
+    return onnxruntime
+
+
+class Graph:
+    """One ONNX graph of the export: its role, its I/O (names, shapes, dtypes) and its session."""
+
+    def __init__(self, role: str, name: str, inputs: list[dict], outputs: list[dict]):
+        self.role, self.name = role, name
+        self.entry = {"inputs": inputs, "outputs": outputs}
+        self.inputs = [t["name"] for t in inputs]
+        self.outputs = [t["name"] for t in outputs]
+        self.dtypes = {t["name"]: t["dtype"] for t in inputs + outputs}
+        self.session = None
+
+
+def graphs_from_export_json(meta: dict) -> list[Graph]:
+    g = meta["graphs"]
+    entries = [("encoder", g["encoder"])] + [("dit", p) for p in export_dit_entries(g)] + [("decoder", g["decoder"])]
+    return [Graph(role, e["file"], e["inputs"], e["outputs"]) for role, e in entries]
+
+
+def graphs_from_manifest(manifest: dict) -> list[Graph]:
+    return [Graph(e["role"], e["member"], e["inputs"], e["outputs"]) for e in manifest["engines"]]
+
+
+class OnnxModel(LoadedModel):
+    def __init__(self, meta: dict, graphs: list[Graph], load_graph, source: str, *, device: str | None = None,
+                 threads: int | None = None):
+        """load_graph(graph, session_options, providers) -> InferenceSession: from a file or bundle bytes."""
+        ort = import_onnxruntime()
+        self.ort = ort
+        available = ort.get_available_providers()
+        if device is None:
+            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in available:
+                raise MissingPackageError("ONNX Runtime on CUDA", "onnxruntime (with CUDAExecutionProvider)",
+                                          "pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
+            self.device_type, self.device_id = "cuda", int(device.partition(":")[2] or 0)
+            providers = [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            self.device_type, self.device_id, providers = "cpu", 0, ["CPUExecutionProvider"]
+        else:
+            raise RuntimeSetupError(f"ONNX Runtime runs on 'cpu' or 'cuda[:N]', not {device!r}")
+        self.spec = spec_from_meta(meta, source, "onnxruntime",
+                                   self.device_type + (f":{self.device_id}" if self.device_type == "cuda" else ""))
+        if self.spec.precision == "bf16":
+            raise RuntimeSetupError(f"{source} is bf16; ONNX Runtime's kernels (and numpy) lack bf16. Export "
+                                    f"fp32 or fp16 for ONNX Runtime, or run bf16 with TensorRT or torch")
+        for graph in graphs:
+            graph.session = load_graph(graph, session_options(ort, threads), providers)
+        self.graphs = graphs
+        self.encoder = next(g for g in graphs if g.role == "encoder")
+        dit = [g for g in graphs if g.role == "dit"]
+        # one chain of DiT graphs per latent-frame count the chunk protocol uses
+        self.dit_chains = dit_chains(dit, lambda graph: graph.entry["inputs"])
+        self.decoder = next(g for g in graphs if g.role == "decoder")
+        self.states = {which: [(s["input"], s["output"], tuple(s["shape"]), s["dtype"]) for s in meta["state"][which]]
+                       for which in ("encoder", "decoder")}
+        self.latent_dtype = np.dtype(dit[0].dtypes["latents"])
+
+    def kernels(self):
+        return OnnxKernels(self)
+
+    def lanes(self, overlap: bool, stats: StageStats) -> dict:
+        return cpu_lanes(overlap, stats)
+
+
+class OnnxKernels:
+    def __init__(self, model: OnnxModel):
+        self.m, self.ort = model, model.ort
+
+    def _value(self, array: np.ndarray):
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.m.device_type, self.m.device_id)
+
+    def _run(self, graph: Graph, inputs: dict) -> dict:
+        binding = graph.session.io_binding()
+        for name in graph.inputs:
+            binding.bind_ortvalue_input(name, inputs[name])
+        for name in graph.outputs:
+            binding.bind_output(name, self.m.device_type, self.m.device_id)
+        graph.session.run_with_iobinding(binding)
+        return dict(zip(graph.outputs, binding.get_outputs()))
+
+    def host_frames(self, count: int) -> np.ndarray:
+        width, height = self.m.spec.input_size
+        return np.empty((count, height, width, 3), np.uint8)
+
+    def upload(self, host: np.ndarray):
+        return self._value(host)
+
+    def zero_state(self, which: str) -> dict:
+        return {name: self._value(np.zeros(shape, dtype)) for name, _, shape, dtype in self.m.states[which]}
+
+    def encode(self, frames, state: dict):
+        out = self._run(self.m.encoder, {"frames": frames, **state})
+        return out["latents"], {name: out[output] for name, output, _, _ in self.m.states["encoder"]}
+
+    def dit(self, latents):
+        values = {"latents": latents}
+        for part in pick_chain(self.m.dit_chains, latents.shape()[2]):   # whole, or parts chained by name
+            values.update(self._run(part, values))
+        return values["restored"]
+
+    def decode(self, latents, state: dict):
+        out = self._run(self.m.decoder, {"latents": latents, **state})
+        return out["frames"], {name: out[output] for name, output, _, _ in self.m.states["decoder"]}
+
+    def download(self, frames, start: int, count: int) -> np.ndarray:
+        return np.array(frames.numpy()[start:start + count])      # a copy the caller owns
+
+    def finish(self, host: np.ndarray) -> np.ndarray:
+        return host
+
+    def concat(self, a, b):
+        return self._value(np.concatenate([a.numpy(), b.numpy()], axis=2))
+
+    def take_last(self, x, n: int):
+        shape = x.shape()
+        return x if n >= shape[2] else self._value(x.numpy()[:, :, -n:])
+
+    def zeros(self, like, n: int):
+        shape = list(like.shape())
+        shape[2] = n
+        return self._value(np.zeros(shape, self.m.latent_dtype))
+
+
+def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
+    import json
+    from pathlib import Path
+    folder = Path(path)
+    meta = json.loads((folder / "export.json").read_text())
+    ort = import_onnxruntime()
+
+    def load(graph: Graph, options, providers):
+        return ort.InferenceSession(str(folder / graph.name), options, providers=providers)
+    return OnnxModel(meta, graphs_from_export_json(meta), load, str(folder), device=device, threads=threads)
+
+
+def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
+    """From an open engines.bundle.Bundle of the `cpu` target: graphs and their external data are
+    handed to ONNX Runtime from the mapped file, nothing is unpacked to disk."""
+    ort = import_onnxruntime()
+    manifest = bundle.manifest
+    files_of = {e["member"]: e["files"] for e in manifest["engines"]}
+
+    def load(graph: Graph, options, providers):
+        data_files = [f for f in files_of[graph.name] if f != graph.name]
+        views = [bundle.view(f) for f in data_files]
+        if data_files:
+            options.add_external_initializers_from_files_in_memory(data_files, views, [len(v) for v in views])
+        session = ort.InferenceSession(bundle.read(graph.name), options, providers=providers)
+        for view in views:           # ORT has copied the weights; the bundle may be closed now
+            view.release()
+        return session
+    return OnnxModel(manifest, graphs_from_manifest(manifest), load, str(bundle.path), device=device, threads=threads)
+
+
+def session_options(ort, threads: int | None):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    # With overlapping lanes three graphs run at once on the same cores; idle pool threads that
+    # spin for work take cycles from the other lanes (measured on 2 busy cores: overlap up to ~30%
+    # slower with spinning; no slower without it on an idle machine).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3          # errors only: no warnings about unused initializers
+    return options

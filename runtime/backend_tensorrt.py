@@ -1,0 +1,276 @@
+"""The TensorRT backend: a bundle's engines (TensorRT-RTX or full TensorRT) on one NVIDIA GPU.
+
+Loading checks, in this order, so that each failure says what to do:
+  1. the TensorRT module the bundle was built with can be imported (tensorrt_rtx or tensorrt);
+  2. cuda-python can be imported and sees a GPU;
+  3. the GPU's compute capability is one the bundle targets;
+  4. `Runtime.get_engine_validity` accepts every engine (TensorRT version, compute capability,
+     driver, memory), before anything is deserialized.
+
+Shared by all Sessions: the Runtime and the deserialized engines (read-only). Per Session (in
+TensorRTKernels): one execution context per engine, CUDA streams per stage, the boundary states and
+latent history as device arrays. Each stage runs on its own stream and waits for its inputs with
+events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk k-1 overlap
+on the GPU; frames go up from and come back to pinned host buffers.
+"""
+import importlib
+
+import numpy as np
+
+from .backend import LoadedModel
+from .cuda import Cuda, DeviceArray, Event, PinnedPool, Stream, copy_rows
+from .errors import MissingPackageError, RuntimeSetupError
+from .lanes import STAGES, StageStats
+from .spec import dit_chains, pick_chain, spec_from_meta
+
+MODULES = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
+INSTALL = {"tensorrt-rtx": "pip install tensorrt-rtx",
+           "tensorrt": 'pip install "tensorrt>=10.14"   (from NVIDIA\'s index, https://pypi.nvidia.com)'}
+
+
+def import_tensorrt(flavour: str):
+    if flavour not in MODULES:
+        raise RuntimeSetupError(f"unknown TensorRT flavour {flavour!r} in the bundle (known: {', '.join(MODULES)})")
+    try:
+        return importlib.import_module(MODULES[flavour])
+    except ImportError as e:
+        raise MissingPackageError(f"a {flavour} bundle", MODULES[flavour], INSTALL[flavour], e) from None
+
+
+class TensorRTModel(LoadedModel):
+    def __init__(self, bundle, *, device: int = 0):
+        manifest = bundle.manifest
+        target, builder = manifest["target"], manifest["builder"]
+        flavour = target["flavour"]
+        trt = import_tensorrt(flavour)
+        self.trt = trt
+        built_with = f"{flavour} {builder.get('version')}"
+        if builder.get("version") and builder["version"] != trt.__version__:
+            raise RuntimeSetupError(f"{bundle.path} was built with {built_with}, this machine has "
+                                    f"{MODULES[flavour]} {trt.__version__}; engines only load in the TensorRT "
+                                    f"version that built them. Install {MODULES[flavour]}=={builder['version']} "
+                                    f"or rebuild: python -m engines --export DIR --gpu {target['gpu']}")
+        self.cuda = Cuda(device)
+        gpu = f"{self.cuda.name} (SM {self.cuda.compute_capability})"
+        wanted = target.get("compute_capabilities") or []
+        if wanted and self.cuda.compute_capability not in wanted:
+            raise RuntimeSetupError(f"{bundle.path} is for {target['gpu']} (SM {', '.join(wanted)}); this GPU is "
+                                    f"{gpu}. Build a bundle for it: python -m engines --export DIR --gpu NAME "
+                                    f"(see engines/profiles.py; Hopper needs full TensorRT, or use --backend torch)")
+        self.spec = spec_from_meta(manifest, str(bundle.path), "tensorrt", f"{gpu}, bundle for {target['gpu']}")
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines = {}
+        for entry in manifest["engines"]:
+            view = bundle.view(entry["member"])
+            try:
+                # TensorRT-RTX and TensorRT >= 10.x tell from the header whether an engine can run here.
+                validity, diagnostics = (self.runtime.get_engine_validity(view)
+                                         if hasattr(self.runtime, "get_engine_validity") else (None, 0))
+                if validity is not None and validity == trt.EngineValidity.INVALID:
+                    flags = trt.EngineInvalidityDiagnostics.__members__.values()
+                    reasons = [d.name.lower().replace("_", " ") for d in flags if int(diagnostics) & int(d)]
+                    raise RuntimeSetupError(
+                        f"{bundle.path}: engine {entry['member']} cannot run here ({', '.join(reasons) or 'invalid'}). "
+                        f"It was built by {built_with} for {target['gpu']}; this is {gpu} with "
+                        f"{MODULES[flavour]} {trt.__version__}. Rebuild: python -m engines --export DIR --gpu NAME")
+                engine = self.runtime.deserialize_cuda_engine(view)
+            finally:
+                view.release()
+            if engine is None:
+                raise RuntimeSetupError(f"{bundle.path}: TensorRT could not deserialize {entry['member']} (see the "
+                                        f"TensorRT messages above)")
+            self.engines[entry["name"]] = (entry, engine)
+        self.order = [e["name"] for e in manifest["engines"]]
+        self.states = {which: [(s["input"], s["output"]) for s in manifest["state"][which]]
+                       for which in ("encoder", "decoder")}
+
+    def kernels(self):
+        return TensorRTKernels(self)
+
+    def lanes(self, overlap: bool, stats: StageStats) -> dict:
+        if overlap:
+            return {stage: CudaLane(stage, stats, self.cuda, Stream(self.cuda)) for stage in STAGES}
+        stream = Stream(self.cuda)
+        return {stage: CudaLane(stage, stats, self.cuda, stream) for stage in STAGES}
+
+    def reset_peak_memory(self) -> None:
+        self.cuda.peak_in_use = 0
+
+    def memory(self) -> dict:
+        in_use = self.cuda.memory_in_use()
+        return {"device": f"{self.cuda.name} (cuda:{self.cuda.device}, whole GPU as the driver reports)",
+                "in_use_bytes": in_use, "peak_bytes": self.cuda.peak_in_use}
+
+
+class TensorRTKernels:
+    def __init__(self, model: TensorRTModel):
+        self.m, self.cuda = model, model.cuda
+        self.contexts, self.io = {}, {}
+        for name in model.order:
+            entry, engine = model.engines[name]
+            context = engine.create_execution_context()
+            if context is None:
+                raise RuntimeSetupError(f"TensorRT could not create an execution context for {name} "
+                                        f"(out of GPU memory?)")
+            self.contexts[name] = context
+            self.io[name] = ([t["name"] for t in entry["inputs"]], {t["name"]: t["dtype"] for t in entry["outputs"]})
+        roles = {name: model.engines[name][0]["role"] for name in model.order}
+        self.encoder = next(n for n in model.order if roles[n] == "encoder")
+        self.dit_chains = dit_chains([n for n in model.order if roles[n] == "dit"],
+                                     lambda name: model.engines[name][0]["inputs"])
+        self.decoder = next(n for n in model.order if roles[n] == "decoder")
+        self.pinned = PinnedPool(self.cuda)
+
+    def _execute(self, name: str, inputs: dict) -> dict:
+        context = self.contexts[name]
+        input_names, output_dtypes = self.io[name]
+        for tensor in input_names:
+            array = inputs[tensor]
+            context.set_input_shape(tensor, array.shape)
+            context.set_tensor_address(tensor, array.ptr)
+        outputs = {}
+        for tensor, dtype in output_dtypes.items():
+            outputs[tensor] = DeviceArray(self.cuda, context.get_tensor_shape(tensor), dtype)
+            context.set_tensor_address(tensor, outputs[tensor].ptr)
+        if not context.execute_async_v3(self.cuda.stream.handle):
+            raise RuntimeError(f"TensorRT failed to enqueue {name} (see the TensorRT messages above)")
+        return outputs
+
+    def host_frames(self, count: int) -> np.ndarray:
+        width, height = self.m.spec.input_size
+        return self.pinned.array((count, height, width, 3))
+
+    def upload(self, host: np.ndarray):
+        self.cuda.collect()                      # free what earlier chunks no longer use
+        frames = DeviceArray(self.cuda, host.shape, "uint8")
+        rt = self.cuda.rt
+        self.cuda.call(rt.cudaMemcpyAsync, frames.ptr, host.ctypes.data, host.nbytes,
+                       rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.cuda.stream.handle)
+        self.pinned.release(host, after=Event(self.cuda, timing=False).record(self.cuda.stream))
+        return frames
+
+    def zero_state(self, which: str) -> dict:
+        _, engine = self.m.engines[self.encoder if which == "encoder" else self.decoder]
+        state = {}
+        for name, _ in self.m.states[which]:
+            dtype = _numpy_name(self.m.trt, engine.get_tensor_dtype(name))
+            state[name] = self._zeros(engine.get_tensor_shape(name), dtype)
+        return state
+
+    def _zeros(self, shape, dtype: str) -> DeviceArray:
+        array = DeviceArray(self.cuda, shape, dtype)
+        self.cuda.call(self.cuda.rt.cudaMemsetAsync, array.ptr, 0, array.nbytes, self.cuda.stream.handle)
+        return array
+
+    def encode(self, frames, state: dict):
+        out = self._execute(self.encoder, {"frames": frames, **state})
+        return out["latents"], {name: out[output] for name, output in self.m.states["encoder"]}
+
+    def dit(self, latents):
+        values = {"latents": latents}
+        for name in pick_chain(self.dit_chains, latents.shape[2]):
+            values.update(self._execute(name, values))
+        return values["restored"]
+
+    def decode(self, latents, state: dict):
+        out = self._execute(self.decoder, {"latents": latents, **state})
+        return out["frames"], {name: out[output] for name, output in self.m.states["decoder"]}
+
+    def download(self, frames: DeviceArray, start: int, count: int) -> np.ndarray:
+        per_frame = frames.nbytes // frames.shape[0]
+        host = self.pinned.array((count, *frames.shape[1:]))
+        rt = self.cuda.rt
+        self.cuda.call(rt.cudaMemcpyAsync, host.ctypes.data, frames.ptr + start * per_frame, count * per_frame,
+                       rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.cuda.stream.handle)
+        return host
+
+    def finish(self, host: np.ndarray) -> np.ndarray:
+        owned = np.array(host)       # the caller keeps its frames; the pinned buffer is reused
+        self.pinned.release(host)
+        return owned
+
+    # Latents are [1, C, F, h, w]: per channel, the F frames are one contiguous row of F*h*w values.
+    def concat(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
+        _, c, fa, h, w = a.shape
+        fb = b.shape[2]
+        frame = h * w * (a.nbytes // (c * fa * h * w))
+        out = DeviceArray(self.cuda, (1, c, fa + fb, h, w), a.dtype)
+        copy_rows(self.cuda, out, 0, (fa + fb) * frame, a, 0, fa * frame, fa * frame, c)
+        copy_rows(self.cuda, out, fa * frame, (fa + fb) * frame, b, 0, fb * frame, fb * frame, c)
+        return out
+
+    def take_last(self, x: DeviceArray, n: int) -> DeviceArray:
+        _, c, f, h, w = x.shape
+        if n >= f:
+            return x
+        frame = x.nbytes // (c * f)
+        out = DeviceArray(self.cuda, (1, c, n, h, w), x.dtype)
+        copy_rows(self.cuda, out, 0, n * frame, x, (f - n) * frame, f * frame, n * frame, c)
+        return out
+
+    def zeros(self, like: DeviceArray, n: int) -> DeviceArray:
+        _, c, _, h, w = like.shape
+        return self._zeros((1, c, n, h, w), like.dtype)
+
+
+def _numpy_name(trt, dtype) -> str:
+    names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16",
+             trt.DataType.UINT8: "uint8", trt.DataType.INT32: "int32", trt.DataType.INT64: "int64"}
+    return names[dtype]
+
+
+class OnDevice:
+    """A value made on a CUDA stream: valid on the GPU after `event`."""
+    __slots__ = ("value", "event")
+
+    def __init__(self, value, event: Event):
+        self.value, self.event = value, event
+
+
+class CudaLane:
+    """A stage on its own CUDA stream (or on one stream shared by all stages: no overlap)."""
+
+    def __init__(self, stage: str, stats: StageStats, cuda: Cuda, stream: Stream):
+        self.stage, self.stats, self.cuda, self.stream = stage, stats, cuda, stream
+
+    def _use(self, value):
+        if isinstance(value, OnDevice):
+            self.stream.wait(value.event)
+            value = value.value
+        for array in _arrays(value):
+            array.used_on(self.stream)
+        return value
+
+    def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
+        args = [self._use(a) for a in args]
+        with self.cuda.on(self.stream):
+            start = Event(self.cuda, timing=True).record(self.stream) if timed else None
+            out = fn(*args)
+            end = Event(self.cuda, timing=timed).record(self.stream)
+        if timed:
+            self.stats.add_events(self.stage, lambda: end.elapsed_ms(start), end.done)
+        return OnDevice(out, end) if outputs == 1 else tuple(OnDevice(o, end) for o in out)
+
+    def wait(self, value):
+        if isinstance(value, OnDevice):
+            value.event.synchronize()
+            self.cuda.memory_in_use()            # sample the peak while the chunks are in flight
+            return value.value
+        return value
+
+    def ready(self, value) -> bool:
+        return not isinstance(value, OnDevice) or value.event.done()
+
+    def close(self) -> None:
+        self.stream.synchronize()
+
+
+def _arrays(value):
+    if isinstance(value, DeviceArray):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _arrays(v)

@@ -1,0 +1,139 @@
+"""Lanes: where each stage's work runs, in submission order, and how long it took.
+
+The orchestrator (runtime/session.py) submits a chunk's work stage by stage without waiting; a
+lane decides when it actually runs:
+
+  * InlineLane   runs it at once on the calling thread: no overlap, the simplest baseline.
+  * ThreadLane   one worker thread per stage; values between lanes are Futures. Encode of chunk
+                 k+1, DiT of chunk k and decode of chunk k-1 then run at the same time (ONNX
+                 Runtime and torch release the GIL inside their kernels).
+  * CUDA lanes   (runtime/cuda.py, runtime/backend_torch.py) one CUDA stream per stage; values
+                 carry the event after which they are valid and consumers wait on it on the GPU.
+
+Every lane has the same four methods: submit(fn, *args, outputs=1, timed=True), wait(value),
+ready(value), close(). Work only ever waits for work submitted before it, and each lane runs in
+submission order, so the lanes cannot deadlock.
+"""
+import statistics
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+STAGES = ("upload", "encode", "dit", "decode", "download")
+
+
+class StageStats:
+    """Per-stage durations in milliseconds. CUDA lanes add (start, end) event pairs that are read
+    once the chunk is known to be done (reading them earlier would stall the GPU pipeline)."""
+
+    def __init__(self):
+        self.ms: dict[str, list[float]] = {}
+        self._pending: list = []
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.ms.setdefault(stage, []).append(seconds * 1e3)
+
+    def add_events(self, stage: str, elapsed_ms, done) -> None:
+        """`elapsed_ms()` gives the stage's time once `done()` says its end event has completed."""
+        with self._lock:
+            self._pending.append((stage, elapsed_ms, done))
+
+    def resolve(self) -> None:
+        """Read the CUDA timings whose work has finished (the events are then let go)."""
+        with self._lock:
+            waiting = []
+            for stage, elapsed_ms, done in self._pending:
+                if done():
+                    self.ms.setdefault(stage, []).append(elapsed_ms())
+                else:
+                    waiting.append((stage, elapsed_ms, done))
+            self._pending = waiting
+
+    def reset(self) -> None:
+        with self._lock:
+            self.ms, self._pending = {}, []
+
+    def summary(self, skip: int = 0) -> dict:
+        """{stage: {count, median_ms, mean_ms, p90_ms, max_ms}}, ignoring each stage's first `skip`."""
+        self.resolve()
+        out = {}
+        for stage in [s for s in STAGES if s in self.ms] + [s for s in self.ms if s not in STAGES]:
+            values = self.ms[stage][skip:] or self.ms[stage]
+            ordered = sorted(values)
+            out[stage] = {"count": len(values), "median_ms": round(statistics.median(values), 3),
+                          "mean_ms": round(statistics.fmean(values), 3),
+                          "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 3),
+                          "max_ms": round(ordered[-1], 3)}
+        return out
+
+
+class InlineLane:
+    def __init__(self, stage: str, stats: StageStats):
+        self.stage, self.stats = stage, stats
+
+    def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
+        start = time.perf_counter()
+        out = fn(*args)
+        if timed:
+            self.stats.add(self.stage, time.perf_counter() - start)
+        return out
+
+    def wait(self, value):
+        return value
+
+    def ready(self, value) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _resolve(value):
+    return value.result() if isinstance(value, Future) else value
+
+
+def _part(future: Future, index: int) -> Future:
+    """A Future for element `index` of the tuple `future` will hold."""
+    part = Future()
+
+    def done(f: Future):
+        if f.exception() is not None:
+            part.set_exception(f.exception())
+        else:
+            part.set_result(f.result()[index])
+    future.add_done_callback(done)
+    return part
+
+
+class ThreadLane:
+    def __init__(self, stage: str, stats: StageStats):
+        self.stage, self.stats = stage, stats
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"swiftvr-{stage}")
+
+    def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
+        future = self.pool.submit(self._run, fn, args, timed)
+        return future if outputs == 1 else tuple(_part(future, i) for i in range(outputs))
+
+    def _run(self, fn, args, timed):
+        args = [_resolve(a) for a in args]     # waiting for inputs is not this stage's time
+        start = time.perf_counter()
+        out = fn(*args)
+        if timed:
+            self.stats.add(self.stage, time.perf_counter() - start)
+        return out
+
+    def wait(self, value):
+        return _resolve(value)
+
+    def ready(self, value) -> bool:
+        return not isinstance(value, Future) or value.done()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def cpu_lanes(overlap: bool, stats: StageStats) -> dict:
+    lane = ThreadLane if overlap else InlineLane
+    return {stage: lane(stage, stats) for stage in STAGES}

@@ -1,0 +1,190 @@
+"""Restore a video in real time with a bundle, an export folder or the torch model.
+
+  python -m runtime.stream --engine engines/1080p.plan in.mp4 -o out.mp4
+  python -m runtime.stream --engine exports/tiny in.mp4 -o out.mkv --crf 16          (ONNX Runtime)
+  python -m runtime.stream --backend torch --preset tiny --random-weights 0 --scale 2 in.mp4 -o out.mp4
+  python -m runtime.stream --backend torch --checkpoint ckpt/ --res 1080p in.mp4 -o out.mp4
+  ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - | python -m runtime.stream --engine E - --raw-size 480x270 \\
+      --raw-fps 30000/1001 -o - | ffplay -f rawvideo -pixel_format rgb24 -video_size 960x540 -
+  python -m runtime.stream --engine E rtsp://camera/live -o srt://host:9000 --input-option rtsp_transport=tcp
+  python -m runtime.stream --engine E --benchmark
+
+Inputs: files, image sequences (folder or frames/%05d.png), "-" (raw RGB24 on stdin), URLs.
+Outputs: files (written to a temporary name, renamed when complete), image sequences, "-" (raw
+RGB24 on stdout), URLs. The output keeps the input's exact frame rate, colour tags and audio
+(copied, not re-encoded). One output frame per input frame.
+
+Exit status: 0 done; 1 error (nothing or a partial but playable output, see the message);
+2 bad arguments; 130 stopped by Ctrl-C (the chunks in flight are finished and the output closed).
+"""
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from swiftvr.sizes import parse_size
+
+from .errors import RuntimeSetupError
+from .model import BACKENDS, bundles_for_size, load_bundle, load_torch
+from .video import VideoError, VideoReader, VideoWriter
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runtime.stream", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", nargs="?", help="video file, image folder or pattern, '-' (raw RGB24 on stdin), URL")
+    p.add_argument("-o", "--output", help="video file, image folder or pattern, '-' (raw RGB24 on stdout), URL")
+    m = p.add_argument_group("model")
+    m.add_argument("--engine", help="bundle file (engines/<res>.plan) or export folder")
+    m.add_argument("--backend", choices=BACKENDS, help="default: tensorrt for GPU bundles, onnxruntime for cpu "
+                                                        "bundles and export folders")
+    m.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when the backend has one)")
+    m.add_argument("--threads", type=int, help="ONNX Runtime threads per graph (default: one per core)")
+    m.add_argument("--checkpoint", help="torch backend: release checkpoint folder")
+    m.add_argument("--preset", help="torch backend: model preset (tiny, 5b) with --random-weights")
+    m.add_argument("--random-weights", type=int, metavar="SEED", help="torch backend: seeded random weights")
+    m.add_argument("--res", help="torch backend: output size WxH or a name like 1080p (default: input x --scale)")
+    m.add_argument("--scale", type=float, default=None, help="torch backend: output = input x scale (default 4)")
+    m.add_argument("--input-size", metavar="WxH", help="torch backend: input frame size (default: the input's; "
+                                                          "for --benchmark: --res / --scale)")
+    m.add_argument("--clip-len", type=int, default=24, help="torch backend: frames per chunk (default 24)")
+    m.add_argument("--dit-overlap", type=int, default=0, help="torch backend: DiT overlap latents (default 0)")
+    m.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend (default fp32 CPU, bf16 GPU)")
+    r = p.add_argument_group("running")
+    r.add_argument("--resize", action="store_true", help="scale input frames to the size the model takes")
+    r.add_argument("--in-flight", type=int, help="chunks under way at once (default: 3 on a GPU, 1 on the CPU, "
+                                                  "where overlapping stages measured no faster)")
+    r.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the stages on their own CUDA streams / threads (default: when in flight > 1)")
+    r.add_argument("--stats", metavar="FILE.json", help="write per-stage timings and totals to this file")
+    r.add_argument("--benchmark", action="store_true", help="time synthetic chunks (no video I/O) and exit")
+    r.add_argument("--bench-chunks", type=int, default=8, help="--benchmark: timed chunks per mode (default 8)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    v = p.add_argument_group("input and output")
+    v.add_argument("--raw-size", help="size WxH of raw RGB24 frames on stdin")
+    v.add_argument("--raw-fps", help="frame rate of raw stdin frames or image sequences (e.g. 30000/1001)")
+    v.add_argument("--input-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="FFmpeg option for opening the input, e.g. rtsp_transport=tcp (repeatable)")
+    v.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
+    v.add_argument("--crf", type=int, help="constant quality (default 18; lower is better)")
+    v.add_argument("--pix-fmt", help="output pixel format (default yuv420p; yuv444p for odd sizes)")
+    v.add_argument("--format", help="output container, when the name does not say (e.g. mpegts, flv)")
+    v.add_argument("--output-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="muxer option, e.g. movflags=+faststart (repeatable)")
+    return p.parse_args(argv)
+
+
+def _options(pairs: list[str], what: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{what} {pair!r} must look like KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def load_model(a: argparse.Namespace, input_size: tuple[int, int] | None):
+    torch_source = a.checkpoint or a.preset or a.random_weights is not None
+    if a.engine:
+        if torch_source:
+            raise ValueError("give either --engine or a torch model (--checkpoint / --preset --random-weights)")
+        return load_bundle(a.engine, a.backend, device=a.device, threads=a.threads, precision=a.precision)
+    if not torch_source:
+        raise ValueError("say which model to run: --engine BUNDLE_OR_EXPORT_FOLDER, or --backend torch with "
+                         "--checkpoint DIR or --preset NAME --random-weights SEED")
+    if a.backend not in (None, "torch"):
+        raise ValueError(f"--checkpoint / --preset run on the torch backend, not {a.backend}")
+    from .backend_torch import TorchSource
+    source = TorchSource(checkpoint=a.checkpoint) if a.checkpoint else TorchSource(preset=a.preset,
+                                                                                   seed=a.random_weights)
+    if source.checkpoint is None and (a.preset is None or a.random_weights is None):
+        raise ValueError("--preset and --random-weights go together")
+    output_size = parse_size(a.res) if a.res else None
+    if a.input_size:
+        input_size = parse_size(a.input_size)
+    elif input_size is None and output_size:            # --benchmark: the input the output is --scale times
+        scale = a.scale or 4
+        input_size = (round(output_size[0] / scale), round(output_size[1] / scale))
+    if input_size is None:
+        raise ValueError("--benchmark with the torch backend needs --input-size WxH or --res WxH")
+    return load_torch(source, input_size, scale=a.scale, output_size=output_size, clip_len=a.clip_len,
+                      dit_overlap=a.dit_overlap, precision=a.precision, device=a.device)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    try:
+        if a.benchmark:
+            from .benchmark import format_benchmark, run_benchmark
+            results = run_benchmark(load_model(a, None), chunks=a.bench_chunks)
+            print(format_benchmark(results), file=sys.stderr)
+            if a.stats:
+                Path(a.stats).write_text(json.dumps(results, indent=1))
+            return 0
+        if not a.input or not a.output:
+            print("error: give an INPUT and -o OUTPUT (or --benchmark)", file=sys.stderr)
+            return EXIT_USAGE
+        return run(a)
+    except (RuntimeSetupError, VideoError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run(a: argparse.Namespace) -> int:
+    from .pipeline import check_input_size, restore_video
+
+    # Ctrl-C: finish the chunks in flight and close a playable output; a second one stops at once.
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping: finishing the chunks in flight (Ctrl-C again to abort)", file=sys.stderr)
+        stop.set()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with VideoReader(a.input, raw_size=a.raw_size, raw_fps=a.raw_fps,
+                         options=_options(a.input_option, "--input-option")) as reader:
+            info = reader.info
+            model = load_model(a, (info.width, info.height))
+            spec = model.spec
+            suggestions = bundles_for_size(Path(a.engine).parent, (info.width, info.height)) if a.engine else []
+            check_input_size(model, info.width, info.height, a.resize, suggestions)
+            print(f"{info.describe()}\nmodel: {spec.describe()}", file=sys.stderr)
+            writer = VideoWriter(a.output, info, width=spec.output_size[0], height=spec.output_size[1],
+                                 codec=a.codec, crf=a.crf, pix_fmt=a.pix_fmt,
+                                 audio_from=reader if info.has_audio else None, container_format=a.format,
+                                 options=_options(a.output_option, "--output-option"))
+            in_flight = a.in_flight or model.default_in_flight
+            overlap = in_flight > 1 if a.overlap is None else a.overlap
+            result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap, resize=a.resize,
+                                   stop=stop, progress=a.progress)
+    except KeyboardInterrupt:
+        print("aborted: the partial output was deleted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if a.stats:
+        stats = {"input": info.describe(), "output": a.output, "model": spec.describe(), "in_flight": in_flight,
+                 "overlap": overlap, **result.as_dict()}
+        Path(a.stats).write_text(json.dumps(stats, indent=1))
+    print(f"{result.frames_out} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s) -> {a.output}",
+          file=sys.stderr)
+    if result.input_error:
+        print(f"error: {result.input_error}\nthe {result.frames_out} frames restored before it are in {a.output}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if result.interrupted:
+        print(f"interrupted: the output holds the first {result.frames_out} frames", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
