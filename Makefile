@@ -1,8 +1,14 @@
-# SwiftVR deploy. `make demo` and `make test` set up the environment themselves.
+# SwiftVR deploy. Every target sets up the environment (.venv) itself.
+#   make demo [CKPT=DIR]                         restore a generated clip end to end
+#   make test                                    the test suite (CPU)
+#   make engine RES=1080p GPU=rtx5090 [CKPT=DIR] [SCALE=4 | IN=WxH] [PRECISION=bf16] [OUT=file]
+#   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+RES       ?= 360p
+GPU       ?= rtx5090
 
-.PHONY: setup test
+.PHONY: setup test demo engine bench clean
 setup: $(STAMP)
 
 # torch goes first and alone so that pip takes the pinned CPU wheel, never the CUDA build.
@@ -15,4 +21,18 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=10
+	$(PY) -m pytest -q -n 2 --durations=15
+
+demo: $(STAMP)
+	$(PY) -m runtime.demo $(if $(CKPT),--checkpoint $(CKPT))
+
+engine: $(STAMP)
+	$(PY) -m engines.make --res $(RES) --gpu $(GPU) $(if $(CKPT),--checkpoint $(CKPT)) \
+		$(if $(SCALE),--scale $(SCALE)) $(if $(IN),--input $(IN)) \
+		$(if $(PRECISION),--precision $(PRECISION)) $(if $(OUT),--out $(OUT))
+
+bench: $(STAMP)
+	$(PY) -m runtime.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build exports engines/*.plan engines/.cache
