@@ -1,7 +1,7 @@
 # SwiftVR deploy. Every target sets up the environment (.venv) itself.
 #   make demo [CKPT=DIR]                         restore a generated clip end to end
 #   make test                                    the test suite (CPU)
-#   make engine RES=1080p GPU=rtx5090 [CKPT=DIR] [SCALE=4 | IN=WxH] [PRECISION=bf16] [OUT=file]
+#   make engine RES=1080p GPU=rtx5090 [CKPT=DIR | PRESET=5b] [SCALE=4 | IN=WxH] [PRECISION=bf16] [OUT=file]
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m runtime.demo $(if $(CKPT),--checkpoint $(CKPT))
 
 engine: $(STAMP)
-	$(PY) -m engines.make --res $(RES) --gpu $(GPU) $(if $(CKPT),--checkpoint $(CKPT)) \
+	$(PY) -m engines.make --res $(RES) --gpu $(GPU) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PRESET),--preset $(PRESET)) \
 		$(if $(SCALE),--scale $(SCALE)) $(if $(IN),--input $(IN)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(OUT),--out $(OUT))
 

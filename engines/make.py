@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", default="rtx5090", help="GPU profile (python -m engines --help lists them)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the GPU profile's")
     p.add_argument("--checkpoint", help="release checkpoint folder (default: tiny preset, random weights)")
+    p.add_argument("--preset", choices=["tiny", "5b"], default="tiny",
+                   help="without --checkpoint: model shapes, with seeded random weights (default tiny)")
     p.add_argument("--clip-len", type=int, default=24)
     p.add_argument("--dit-overlap", type=int, default=0)
     p.add_argument("--dit-parts", type=int, help=f"DiT engines chained (default: 1 for tiny, "
@@ -70,10 +72,11 @@ def main(argv=None) -> int:
             return 2
         source_args = ["--checkpoint", args.checkpoint]
     else:
-        print(f"no checkpoint given: building the tiny preset with seeded random weights (seed {RANDOM_SEED}). "
-              f"It runs every code path but restores nothing; pass CKPT=DIR for the release model.")
-        weights, layers = f"random:tiny:{RANDOM_SEED}", 3
-        source_args = ["--preset", "tiny", "--random-weights", str(RANDOM_SEED)]
+        from swiftvr.config import get_preset
+        print(f"no checkpoint given: building the {args.preset} preset with seeded random weights (seed "
+              f"{RANDOM_SEED}). It runs every code path but restores nothing; pass CKPT=DIR for the release model.")
+        weights, layers = f"random:{args.preset}:{RANDOM_SEED}", get_preset(args.preset).dit.num_layers
+        source_args = ["--preset", args.preset, "--random-weights", str(RANDOM_SEED)]
     parts = args.dit_parts or -(-layers // BLOCKS_PER_PART)
 
     key = export_key(weights, args, precision, parts)

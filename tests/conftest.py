@@ -31,3 +31,12 @@ def fixture_model(window_hw=(4, 4)):
 def pipeline_model():
     """The pipeline fixtures' model (window 2x2)."""
     return fixture_model(window_hw=(2, 2))
+
+
+def pytest_configure(config):
+    # Under `pytest -n 2` each worker gets one core: two workers with two threads each fight over
+    # two cores and run slower than one thread each.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
