@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--dit-parts", type=int, help=f"DiT engines chained (default: 1 for tiny, "
                                                  f"{BLOCKS_PER_PART} blocks per part for 5b)")
     p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
+    p.add_argument("--exports", default=str(EXPORTS), help="where exports are kept (default %(default)s)")
+    p.add_argument("--cache", help="engine build cache (default engines/.cache)")
     p.add_argument("--force", action="store_true", help="rebuild the export and every engine")
     args = p.parse_args(argv)
 
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
     parts = args.dit_parts or -(-layers // BLOCKS_PER_PART)
 
     key = export_key(weights, args, precision, parts)
-    export_dir = EXPORTS / f"{resolution_name(parse_size(args.res))}-{precision}-{key}"
+    export_dir = Path(args.exports) / f"{resolution_name(parse_size(args.res))}-{precision}-{key}"
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
     if args.force or not (export_dir / "export.json").exists():
         from export.__main__ import main as export_main
         export_argv = source_args + ["--res", args.res, "--precision", precision, "--clip-len", str(args.clip_len),
@@ -92,12 +95,13 @@ def main(argv=None) -> int:
         if code:
             return code
     else:
-        print(f"reusing export {export_dir.relative_to(ROOT)} (same weights and settings)")
+        print(f"reusing export {export_dir} (same weights and settings)")
 
     from .__main__ import main as engines_main
     engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]
     engines_argv += ["--out", args.out] if args.out else []
     engines_argv += ["--force"] if args.force else []
+    engines_argv += ["--cache", args.cache] if args.cache else []
     return engines_main(engines_argv)
 
 

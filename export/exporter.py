@@ -133,10 +133,13 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def encoder_onnx(reae, settings: ExportSettings):
     encoder = EncoderGraph(reae, settings.geometry, settings.dtype)
-    k = Dim("k", min=1, max=(settings.clip_len + 4) // 4)
-    # Example sizes of at least 2 (k here, n below): torch.export specialises a dimension traced at size 1.
+    # Traced with at least 3 latents (k here, n below): torch.export specialises a dimension traced at
+    # size 1, and with 2 latents the last MemBlock stage (2 frames) specialises T as well. The graph
+    # then accepts every size up to that; export.json's range is what the chunk protocol needs.
+    latents = max(3, (settings.clip_len + 4) // 4)
+    k = Dim("k", min=1, max=latents)
     with torch.no_grad():
-        model = to_onnx(encoder, encoder.example_inputs(settings.clip_len + 4), encoder.input_names,
+        model = to_onnx(encoder, encoder.example_inputs(4 * latents), encoder.input_names,
                         encoder.output_names, ({0: 4 * k}, tuple(None for _ in encoder.state_shapes)),
                         {("frames", 0): "T", ("latents", 2): "T/4"})
     return model, {"T": {"min": 4, "opt": settings.clip_len, "max": settings.clip_len + 4}}
@@ -145,9 +148,10 @@ def encoder_onnx(reae, settings: ExportSettings):
 def decoder_onnx(reae, settings: ExportSettings):
     decoder = DecoderGraph(reae, settings.geometry, settings.dtype)
     n_lat = settings.latents_per_clip
+    traced = max(3, n_lat + 1)
     with torch.no_grad():
-        model = to_onnx(decoder, decoder.example_inputs(n_lat + 1), decoder.input_names, decoder.output_names,
-                        ({2: Dim("n", min=1, max=n_lat + 1)}, tuple(None for _ in decoder.state_shapes)),
+        model = to_onnx(decoder, decoder.example_inputs(traced), decoder.input_names, decoder.output_names,
+                        ({2: Dim("n", min=1, max=traced)}, tuple(None for _ in decoder.state_shapes)),
                         {("latents", 2): "n", ("frames", 0): "4n"})
     return model, {"n": {"min": 1, "opt": n_lat, "max": n_lat + 1}}
 

@@ -74,10 +74,11 @@ def small_clip(frames, height=21, width=35, seed=0):
 def test_every_frame_comes_out(pipeline_model):
     """1..40 frames in, exactly as many out. One stream pushed a frame at a time; after each push a
     copy of the restorer (sharing the model) is flushed, which is the clip ending there. 16x16 ->
-    32x32, the smallest size, to keep it quick; the other tests use odd sizes."""
+    32x32 and 4-frame chunks, the smallest, to keep it quick (test_chunks covers other chunk
+    lengths); the other tests use odd sizes."""
     import copy
     clip = small_clip(40, height=16, width=16)
-    restorer = Restorer(pipeline_model, (16, 16), RestoreSettings(clip_len=8), scale=2)
+    restorer = Restorer(pipeline_model, (16, 16), RestoreSettings(clip_len=4), scale=2)
     emitted = 0
     for total in range(1, 41):
         emitted += len(restorer.push(clip[total - 1:total]))
