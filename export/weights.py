@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from swiftvr.checkpoint import (IGNORED_KEYS, PROMPT_FILE, REAE_FILE, TRANSFORMER_DIR, CheckpointError, SwiftVR,
+from swiftvr.checkpoint import (index_tensors, PROMPT_FILE, REAE_FILE, TRANSFORMER_DIR, CheckpointError, SwiftVR,
                                 checkpoint_sha256, load_checkpoint, load_prompt, load_reae, transformer_files)
 from swiftvr.config import PRESETS, DiTConfig, Preset, get_preset
 from swiftvr.random_checkpoint import random_model, random_prompt, transformer_shapes
@@ -121,22 +121,4 @@ def source_from_manifest(model: dict) -> WeightSource:
 def _index_transformer(folder: Path, cfg: DiTConfig) -> dict[str, Path]:
     """name -> file for every transformer tensor, in state-dict order; strict like `load_into`."""
     expected = transformer_shapes(Preset("checkpoint", cfg, prompt_len=0))
-    found, unexpected, misshaped = {}, [], []
-    for path in transformer_files(folder):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name not in expected:
-                    if not any(tag in name for tag in IGNORED_KEYS):
-                        unexpected.append(name)
-                    continue
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != expected[name]:
-                    misshaped.append(f"{name} {list(shape)} (expected {list(expected[name])})")
-                found[name] = path
-    missing = [name for name in expected if name not in found]
-    problems = [f"{what}: {', '.join(sorted(names)[:8])}{' ...' if len(names) > 8 else ''}"
-                for what, names in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("mis-shaped keys", misshaped)) if names]
-    if problems:
-        raise CheckpointError(f"transformer checkpoint {folder} does not match its config: " + "; ".join(problems))
-    return {name: found[name] for name in expected}
+    return index_tensors(transformer_files(folder), expected, what="transformer")

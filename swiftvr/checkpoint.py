@@ -50,10 +50,10 @@ def _describe(names, limit=8) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def load_into(module: torch.nn.Module, files: list[Path], dtype: torch.dtype, device="cpu", what="model") -> None:
-    """Fill `module` (possibly on the meta device) from safetensors files, strictly, one tensor at a time."""
-    expected = {name: tuple(p.shape) for name, p in module.state_dict(keep_vars=True).items()}
-    seen, unexpected, misshaped = set(), [], []
+def index_tensors(files: list[Path], expected: dict[str, tuple], what="model") -> dict[str, Path]:
+    """name -> file holding it, for every expected tensor; strict: missing, unexpected (other than
+    the ones the reference tolerates) and mis-shaped keys raise one error that names them."""
+    found, unexpected, misshaped = {}, [], []
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
@@ -62,12 +62,11 @@ def load_into(module: torch.nn.Module, files: list[Path], dtype: torch.dtype, de
                         unexpected.append(name)
                     continue
                 shape = tuple(f.get_slice(name).get_shape())
-                if shape != expected[name]:
+                if shape != tuple(expected[name]):
                     misshaped.append(f"{name} {list(shape)} (expected {list(expected[name])})")
                     continue
-                _put(module, name, f.get_tensor(name).to(device=device, dtype=dtype))
-                seen.add(name)
-    missing = set(expected) - seen
+                found[name] = path
+    missing = set(expected) - set(found)
     problems = []
     if missing:
         problems.append(f"missing keys: {_describe(missing)}")
@@ -77,6 +76,17 @@ def load_into(module: torch.nn.Module, files: list[Path], dtype: torch.dtype, de
         problems.append(f"mis-shaped keys: {_describe(misshaped)}")
     if problems:
         raise CheckpointError(f"{what} checkpoint {', '.join(str(p) for p in files)} does not match: " + "; ".join(problems))
+    return {name: found[name] for name in expected}
+
+
+def load_into(module: torch.nn.Module, files: list[Path], dtype: torch.dtype, device="cpu", what="model") -> None:
+    """Fill `module` (possibly on the meta device) from safetensors files, strictly, one tensor at a time."""
+    expected = {name: tuple(p.shape) for name, p in module.state_dict(keep_vars=True).items()}
+    index = index_tensors(files, expected, what)
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in (n for n, p in index.items() if p == path):
+                _put(module, name, f.get_tensor(name).to(device=device, dtype=dtype))
 
 
 def _put(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
