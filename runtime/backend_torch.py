@@ -198,7 +198,8 @@ class TorchModel(LoadedModel):
         if self.cuda:
             # Weights and conditioning were made on the default stream; the stage streams do not wait for it.
             torch.cuda.synchronize(self.device)
-        self.spec = ModelSpec(source=source.describe(), backend="torch", device=str(self.device),
+        described = source.describe() + (f"; {options.describe()}" if options.changed() else "")
+        self.spec = ModelSpec(source=described, backend="torch", device=str(self.device),
                               precision=precision, input_size=self.geom.input_size,
                               output_size=self.geom.output_size, clip_len=clip_len, dit_overlap=dit_overlap,
                               dit_latent_frames=None)

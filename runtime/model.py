@@ -112,10 +112,11 @@ def _torch_from_meta(path, meta: dict, device, precision) -> LoadedModel:
 
 def load_torch(source, input_size: tuple[int, int], *, scale: float | None = None, output_size=None,
                clip_len: int = 24, dit_overlap: int = 0, precision: str | None = None,
-               device: str | None = None) -> LoadedModel:
-    from .backend_torch import TorchModel
+               device: str | None = None, options=None) -> LoadedModel:
+    from .backend_torch import TorchModel, TorchOptions
     return TorchModel(source, input_size, scale=scale, output_size=output_size, clip_len=clip_len,
-                      dit_overlap=dit_overlap, precision=precision, device=device)
+                      dit_overlap=dit_overlap, precision=precision, device=device,
+                      options=options or TorchOptions())
 
 
 def bundles_for_size(folder, input_size: tuple[int, int]) -> list[str]:

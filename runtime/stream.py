@@ -54,6 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--clip-len", type=int, default=24, help="torch backend: frames per chunk (default 24)")
     m.add_argument("--dit-overlap", type=int, default=0, help="torch backend: DiT overlap latents (default 0)")
     m.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend (default fp32 CPU, bf16 GPU)")
+    t = p.add_argument_group("torch backend speed-ups (measure them with python -m runtime.bench)")
+    t.add_argument("--fused-qkv", action="store_true", help="one q/k/v matmul per self-attention")
+    t.add_argument("--channels-last", action="store_true", help="ReAE convolutions in NHWC layout")
+    t.add_argument("--attention", help="force one SDPA kernel (flash, efficient, cudnn, math)")
+    t.add_argument("--compile", metavar="MODE", help="torch.compile the stages (default, max-autotune-no-cudagraphs)")
+    t.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs per stage and shape (CUDA only)")
+    t.add_argument("--fp8", metavar="SCALING", help="FP8 DiT linears, weight scales per 'row' or 'tensor' (SM >= 8.9)")
     r = p.add_argument_group("running")
     r.add_argument("--resize", action="store_true", help="scale input frames to the size the model takes")
     r.add_argument("--in-flight", type=int, help="chunks under way at once (default: 3 on a GPU, 1 on the CPU, "
@@ -100,7 +107,9 @@ def load_model(a: argparse.Namespace, input_size: tuple[int, int] | None):
                          "--checkpoint DIR or --preset NAME --random-weights SEED")
     if a.backend not in (None, "torch"):
         raise ValueError(f"--checkpoint / --preset run on the torch backend, not {a.backend}")
-    from .backend_torch import TorchSource
+    from .backend_torch import TorchOptions, TorchSource
+    options = TorchOptions(fused_qkv=a.fused_qkv, channels_last=a.channels_last, attention=a.attention,
+                           compile=a.compile, cuda_graphs=a.cuda_graphs, fp8=a.fp8)
     source = TorchSource(checkpoint=a.checkpoint) if a.checkpoint else TorchSource(preset=a.preset,
                                                                                    seed=a.random_weights)
     if source.checkpoint is None and (a.preset is None or a.random_weights is None):
@@ -114,7 +123,7 @@ def load_model(a: argparse.Namespace, input_size: tuple[int, int] | None):
     if input_size is None:
         raise ValueError("--benchmark with the torch backend needs --input-size WxH or --res WxH")
     return load_torch(source, input_size, scale=a.scale, output_size=output_size, clip_len=a.clip_len,
-                      dit_overlap=a.dit_overlap, precision=a.precision, device=a.device)
+                      dit_overlap=a.dit_overlap, precision=a.precision, device=a.device, options=options)
 
 
 def main(argv=None) -> int:

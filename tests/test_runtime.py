@@ -477,3 +477,21 @@ def test_network_url_input(cpu_bundle, tmp_path):
     facts = video_stream_facts(target)
     assert facts["frames"] == 10 and facts["rate"] == NTSC and facts["audio"] == 1
     assert audio_payloads(target) == audio_payloads(source)
+
+
+def test_cli_torch_speed_up_flags_keep_the_frames(tmp_path):
+    """--fused-qkv and --channels-last reach the torch backend and give the default path's frames."""
+    import subprocess
+    import sys
+    frames = {}
+    for name, flags in (("plain", []), ("fast", ["--fused-qkv", "--channels-last"])):
+        out = subprocess.run([sys.executable, "-m", "runtime.stream", "--backend", "torch", "--preset", "tiny",
+                              "--random-weights", "0", "--scale", "2", "--clip-len", "8", "-", "--raw-size", "32x32",
+                              "--raw-fps", "25", "-o", "-", *flags],
+                             input=np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8).tobytes(),
+                             capture_output=True, timeout=300)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        assert ("fused_qkv=True, channels_last=True" in out.stderr.decode()) == bool(flags)
+        frames[name] = np.frombuffer(out.stdout, np.uint8).reshape(-1, 64, 64, 3)
+    assert len(frames["plain"]) == 9
+    assert np.abs(frames["plain"].astype(int) - frames["fast"].astype(int)).max() <= 1
