@@ -15,7 +15,7 @@ backend cuts a video the same way. Two plans:
 
 Frame numbering is in the (padded) input stream; output frame i corresponds to input frame i.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ChunkPlanner:
             return []
         padded = 4 * ((total - 1 + 3) // 4) + 1 if self.keep_all_frames else 4 * ((total - 1) // 4) + 1
         out = []
-        if padded < 1 or padded <= self.planned:
+        if padded <= self.planned:
             return out
         # The offline plan of the padded remainder: regular chunks while more than one remains.
         while True:
@@ -111,7 +111,7 @@ class ChunkPlanner:
         for chunk in out:
             keep = max(0, min(chunk.emit_frames, total - emitted))
             emitted += keep
-            fixed.append(_replace(chunk, emit_frames=keep))
+            fixed.append(replace(chunk, emit_frames=keep))
         self.chunks[-len(out):] = fixed
         return fixed
 
@@ -175,11 +175,6 @@ class OnlineReferencePlanner:
         self.planned += frames
         self.latents += chunk.latents
         return chunk
-
-
-def _replace(chunk: Chunk, **changes) -> Chunk:
-    from dataclasses import replace
-    return replace(chunk, **changes)
 
 
 def plan_chunks(total: int, clip_len: int = 24, overlap: int = 0, keep_all_frames: bool = True) -> list[Chunk]:
