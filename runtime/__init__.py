@@ -12,9 +12,9 @@ CLI: python -m runtime.stream --engine engines/360p.plan INPUT -o OUTPUT   (see 
 Importing this package does not import torch; only the torch backend does, when it loads a model.
 """
 from .backend import LoadedModel
-from .backend_torch import TorchSource
+from .backends.torch import TorchSource
 from .errors import InputSizeError, MissingPackageError, RuntimeSetupError
-from .model import load_bundle, load_torch
+from .load import load_bundle, load_torch
 from .session import Session
 
 __all__ = ["LoadedModel", "Session", "TorchSource", "load_bundle", "load_torch", "InputSizeError",

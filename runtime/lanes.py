@@ -7,7 +7,7 @@ lane decides when it actually runs:
   * ThreadLane   one worker thread per stage; values between lanes are Futures. Encode of chunk
                  k+1, DiT of chunk k and decode of chunk k-1 then run at the same time (ONNX
                  Runtime and torch release the GIL inside their kernels).
-  * CUDA lanes   (runtime/cuda.py, runtime/backend_torch.py) one CUDA stream per stage; values
+  * CUDA lanes   (runtime/backends/cuda.py, runtime/backends/torch/) one CUDA stream per stage; values
                  carry the event after which they are valid and consumers wait on it on the GPU.
 
 Every lane has the same four methods: submit(fn, *args, outputs=1, timed=True), wait(value),

@@ -40,7 +40,7 @@ class Session:
         overlap: run the stages on their own lanes (threads / CUDA streams); default: in_flight > 1.
         resize: resize frames of another size to the model's input size instead of raising."""
         if not isinstance(model, LoadedModel):
-            from .model import load_bundle
+            from .load import load_bundle
             model = load_bundle(model)
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")

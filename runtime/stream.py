@@ -27,7 +27,7 @@ from pathlib import Path
 from swiftvr.sizes import parse_size
 
 from .errors import RuntimeSetupError
-from .model import BACKENDS, bundles_for_size, load_bundle, load_torch
+from .load import BACKENDS, bundles_for_size, load_bundle, load_torch
 from .video import VideoError, VideoReader, VideoWriter
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -107,7 +107,7 @@ def load_model(a: argparse.Namespace, input_size: tuple[int, int] | None):
                          "--checkpoint DIR or --preset NAME --random-weights SEED")
     if a.backend not in (None, "torch"):
         raise ValueError(f"--checkpoint / --preset run on the torch backend, not {a.backend}")
-    from .backend_torch import TorchOptions, TorchSource
+    from .backends.torch import TorchOptions, TorchSource
     options = TorchOptions(fused_qkv=a.fused_qkv, channels_last=a.channels_last, attention=a.attention,
                            compile=a.compile, cuda_graphs=a.cuda_graphs, fp8=a.fp8)
     source = TorchSource(checkpoint=a.checkpoint) if a.checkpoint else TorchSource(preset=a.preset,
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     try:
         if a.benchmark:
-            from .benchmark import format_benchmark, run_benchmark
+            from .throughput import format_benchmark, run_benchmark
             results = run_benchmark(load_model(a, None), chunks=a.bench_chunks)
             print(format_benchmark(results), file=sys.stderr)
             if a.stats:
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
-    from .pipeline import check_input_size, restore_video
+    from .restore_video import check_input_size, restore_video
 
     # Ctrl-C: finish the chunks in flight and close a playable output; a second one stops at once.
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""runtime/bench.py, the torch backend's speed options and swiftvr/fp8.py, on the CPU (tiny preset).
+"""runtime/bench/, the torch backend's speed options and swiftvr/fp8.py, on the CPU (tiny preset).
 
 Tolerances (fp32 on the CPU, against the plain run of the same weights and inputs):
   * fused q/k/v, channels-last ReAE, an explicit SDPA kernel: DiT latents within 1e-4 (measured:
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from runtime import bench
-from runtime.backend_torch import (TorchModel, TorchOptions, TorchSource, flatten_tensors, graph_key, rebuild,
+from runtime.backends.torch import (TorchModel, TorchOptions, TorchSource, flatten_tensors, graph_key, rebuild,
                                    set_fused_qkv)
 from runtime.errors import RuntimeSetupError
 from swiftvr import geometry

@@ -177,7 +177,7 @@ def bundle_reference(tiny_torch, cpu_model):
 @pytest.fixture(scope="module")
 def torch_model():
     from runtime import load_torch
-    from runtime.backend_torch import TorchSource
+    from runtime.backends.torch import TorchSource
     return load_torch(TorchSource(preset="tiny", seed=0), SIZE, scale=2, clip_len=CLIP_LEN)
 
 
@@ -294,8 +294,8 @@ def run_python(code: str, blocked=("torch",), timeout=120, args=()):
 
 def test_runtime_imports_without_torch():
     result = run_python(
-        "import runtime, runtime.stream, runtime.session, runtime.pipeline, runtime.benchmark, runtime.model\n"
-        "import runtime.backend_onnx, runtime.backend_tensorrt, runtime.cuda, runtime.video\n"
+        "import runtime, runtime.stream, runtime.session, runtime.restore_video, runtime.throughput, runtime.load\n"
+        "import runtime.backends.onnxruntime, runtime.backends.tensorrt, runtime.backends.cuda, runtime.video\n"
         "assert 'torch' not in sys.modules\n"
         "from runtime.stream import main\n"
         "raise SystemExit(main(['--backend', 'torch', '--preset', 'tiny', '--random-weights', '0', '--res', "

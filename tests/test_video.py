@@ -1,4 +1,4 @@
-"""Tests for runtime/video.py: readers and writers for files, image sequences, pipes, URLs.
+"""Tests for runtime/video/: readers and writers for files, image sequences, pipes, URLs.
 
 Clips are made here with PyAV directly (not with the module under test), so a bug that
 the reader and writer share cannot hide itself.

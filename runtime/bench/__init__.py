@@ -53,8 +53,8 @@ from pathlib import Path
 
 from swiftvr.sizes import parse_size, resolution_name
 
-from .backend_torch import OnDevice, TorchModel, TorchOptions, TorchSource, import_torch
-from .lanes import STAGES as LANE_STAGES, StageStats
+from ..backends.torch import OnDevice, TorchModel, TorchOptions, TorchSource, import_torch
+from ..lanes import STAGES as LANE_STAGES, StageStats
 
 LADDER = ("eager", "fused-qkv", "channels-last", "cudnn-benchmark", "attention", "compile", "cuda-graphs", "fp8")
 STAGES = ("encode", "dit", "decode")

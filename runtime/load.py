@@ -63,7 +63,7 @@ def load_bundle(path, backend: str | None = None, *, device: str | None = None, 
     if backend == "torch":
         return _torch_from_meta(path, meta, device, precision)
     if backend == "onnxruntime":
-        from .backend_onnx import load_cpu_bundle, load_export_folder
+        from .backends.onnxruntime import load_cpu_bundle, load_export_folder
         if kind == "export":
             return load_export_folder(path, device=device, threads=threads)
         if meta["target"]["flavour"] != "onnx":
@@ -77,7 +77,7 @@ def load_bundle(path, backend: str | None = None, *, device: str | None = None, 
     if kind == "export" or meta["target"]["flavour"] == "onnx":
         raise RuntimeSetupError(f"{path} holds ONNX graphs, not TensorRT engines: build a bundle for your GPU with "
                                 f"python -m engines --export DIR --gpu NAME, or run it with --backend onnxruntime")
-    from .backend_tensorrt import TensorRTModel
+    from .backends.tensorrt import TensorRTModel
     gpu = 0
     if device not in (None, "cuda"):
         if not device.startswith("cuda:"):
@@ -95,7 +95,7 @@ def _open(path, verify: bool):
 
 
 def _torch_from_meta(path, meta: dict, device, precision) -> LoadedModel:
-    from .backend_torch import TorchModel, TorchSource
+    from .backends.torch import TorchModel, TorchSource
     model = meta.get("model") or {}
     if model.get("checkpoint"):
         source = TorchSource(checkpoint=model["checkpoint"])
@@ -113,7 +113,7 @@ def _torch_from_meta(path, meta: dict, device, precision) -> LoadedModel:
 def load_torch(source, input_size: tuple[int, int], *, scale: float | None = None, output_size=None,
                clip_len: int = 24, dit_overlap: int = 0, precision: str | None = None,
                device: str | None = None, options=None) -> LoadedModel:
-    from .backend_torch import TorchModel, TorchOptions
+    from .backends.torch import TorchModel, TorchOptions
     return TorchModel(source, input_size, scale=scale, output_size=output_size, clip_len=clip_len,
                       dit_overlap=dit_overlap, precision=precision, device=device,
                       options=options or TorchOptions())

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from .errors import MissingPackageError, RuntimeSetupError
+from ..errors import MissingPackageError, RuntimeSetupError
 
 ITEMSIZE = {"uint8": 1, "int8": 1, "bool": 1, "float16": 2, "bfloat16": 2, "float32": 4, "int32": 4, "int64": 8}
 

@@ -14,7 +14,7 @@ Speed options (TorchOptions; all off by default, which is the reference's way of
                    block and of the ReAE encode / decode stages
   cuda_graphs      each stage replayed from a CUDA graph per input shape (CUDA)
   fp8              the DiT's per-token linears in FP8 (swiftvr/fp8.py; the kernel needs SM >= 8.9)
-runtime/bench.py measures each against the plain run; docs/benchmarks.md has the method.
+runtime/bench/ measures each against the plain run; docs/benchmarks.md has the method.
 
 torch is imported here only, when a torch model is loaded: the rest of the runtime runs without it.
 """
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import LoadedModel
-from .errors import MissingPackageError, RuntimeSetupError
-from .lanes import STAGES, StageStats, cpu_lanes
-from .spec import ModelSpec
+from ...backend import LoadedModel
+from ...errors import MissingPackageError, RuntimeSetupError
+from ...lanes import STAGES, StageStats, cpu_lanes
+from ...spec import ModelSpec
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
@@ -94,7 +94,7 @@ class TorchOptions:
 
 def set_fused_qkv(transformer, fused: bool) -> None:
     """Fuse (or split again) every self-attention's q/k/v projections, in place. Splitting copies
-    the rows back into three Linears, so a model can go back and forth (runtime/bench.py does)."""
+    the rows back into three Linears, so a model can go back and forth (runtime/bench/ does)."""
     import torch
     from torch import nn
     from swiftvr.fp8 import FP8Linear
@@ -168,7 +168,7 @@ class TorchModel(LoadedModel):
                  precision: str | None = None, device: str | None = None, options: TorchOptions = TorchOptions(),
                  model=None):
         """model: an already-loaded swiftvr SwiftVR on `device` in `precision` to use instead of
-        loading `source` (runtime/bench.py shares one across runs). Its modules are changed in place
+        loading `source` (runtime/bench/ shares one across runs). Its modules are changed in place
         to match `options`, so it must not serve another TorchModel with other options at once."""
         torch = import_torch()
         from swiftvr.sizes import frame_geometry

@@ -10,10 +10,10 @@ threads at once. Per-stream state (boundary states, history) lives in the Sessio
 """
 import numpy as np
 
-from .backend import LoadedModel
-from .errors import MissingPackageError, RuntimeSetupError
-from .lanes import StageStats, cpu_lanes
-from .spec import dit_chains, export_dit_entries, pick_chain, spec_from_meta
+from ..backend import LoadedModel
+from ..errors import MissingPackageError, RuntimeSetupError
+from ..lanes import StageStats, cpu_lanes
+from ..spec import dit_chains, export_dit_entries, pick_chain, spec_from_meta
 
 
 def import_onnxruntime():

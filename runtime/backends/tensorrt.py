@@ -17,11 +17,11 @@ import importlib
 
 import numpy as np
 
-from .backend import LoadedModel
+from ..backend import LoadedModel
 from .cuda import Cuda, DeviceArray, Event, PinnedPool, Stream, copy_rows
-from .errors import MissingPackageError, RuntimeSetupError
-from .lanes import STAGES, StageStats
-from .spec import dit_chains, pick_chain, spec_from_meta
+from ..errors import MissingPackageError, RuntimeSetupError
+from ..lanes import STAGES, StageStats
+from ..spec import dit_chains, pick_chain, spec_from_meta
 
 MODULES = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
 INSTALL = {"tensorrt-rtx": "pip install tensorrt-rtx",
