@@ -4,37 +4,57 @@ A backend gives two objects:
 
   LoadedModel  the graphs / engines / weights, loaded once. Shared read-only by any number of
                Sessions, also from several threads. It makes the per-stream objects below.
-  Kernels      one stream's executors (TensorRT execution contexts, CUDA streams, torch grid
-               plans...). Owned by one Session, never shared. Its methods work on the backend's
-               own device arrays (numpy, torch tensors, CUDA buffers) and never move them to the
-               host except in `download`:
+  Kernels      (a typing.Protocol) one stream's executors (TensorRT execution contexts, CUDA
+               streams, torch grid plans...). Owned by one Session, never shared. Its methods work
+               on the backend's own device arrays (numpy, torch tensors, CUDA buffers) and never
+               move them to the host except in `download`.
 
-      host_frames(count)        host buffer uint8 [count, H_in, W_in, 3] to gather a chunk into
-                                (pinned memory on CUDA, so the upload is a real async copy)
-      upload(host)              -> frames on the device
-      zero_state(which)         -> the "encoder" / "decoder" boundary state at stream start
-      encode(frames, state)     -> (LQ latents [1, 48, n, h, w], new state)
-      dit(latents)              -> restored latents, same shape
-      decode(latents, state)    -> (uint8 frames [4n, H_out, W_out, 3], new state)
-      download(frames, start, count) -> host frames[start:start+count] (starts the copy on CUDA)
-      finish(host)              -> the downloaded frames as a numpy array the caller owns
-      concat(a, b)              latents along the frame axis (2)
-      take_last(x, n)           the last n latent frames (x itself when it has no more)
-      zeros(like, n)            n zero latent frames shaped like `like`
-
-The Runner below puts each call on its stage's lane (runtime/lanes.py), which is where overlap
-comes from; the chunk logic itself lives once, in runtime/session.py.
+The Runner below puts each Kernels call on its stage's lane (runtime/lanes.py), which is where
+overlap comes from, and is the swiftvr.chunks.ChunkOps that swiftvr.chunks.run_chunk drives: the
+chunk logic itself lives once, there.
 """
+from typing import Any, Protocol
+
 import numpy as np
 
 from .lanes import StageStats
 from .spec import ModelSpec
 
 
+class Kernels(Protocol):
+    """One stream's stage functions on the backend's device arrays."""
+
+    def host_frames(self, count: int) -> np.ndarray:
+        """Host buffer uint8 [count, H_in, W_in, 3] to gather a chunk into (pinned memory on CUDA,
+        so the upload is a real async copy)."""
+    def upload(self, host: np.ndarray) -> Any:
+        """-> the frames on the device."""
+    def zero_state(self, which: str) -> Any:
+        """-> the "encoder" / "decoder" boundary state at stream start."""
+    def encode(self, frames, state) -> tuple[Any, Any]:
+        """-> (LQ latents [1, 48, n, h, w], new state)."""
+    def dit(self, latents) -> Any:
+        """-> restored latents, same shape."""
+    def decode(self, latents, state) -> tuple[Any, Any]:
+        """-> (uint8 frames [4n, H_out, W_out, 3], new state)."""
+    def download(self, frames, start: int, count: int) -> Any:
+        """-> host frames[start:start+count] (starts the copy on CUDA)."""
+    def finish(self, host) -> np.ndarray:
+        """-> the downloaded frames as a numpy array the caller owns."""
+    def concat(self, a, b) -> Any:
+        """Latents along the frame axis (2)."""
+    def take_last(self, x, n: int) -> Any:
+        """The last n latent frames (x itself when it has no more)."""
+    def zeros(self, like, n: int) -> Any:
+        """n zero latent frames shaped like `like`."""
+    def close(self) -> None:
+        """Let go of what this stream allocated (pinned host buffers...)."""
+
+
 class LoadedModel:
     spec: ModelSpec
 
-    def kernels(self):
+    def kernels(self) -> Kernels:
         raise NotImplementedError
 
     def lanes(self, overlap: bool, stats: StageStats) -> dict:
@@ -73,8 +93,9 @@ class Runner:
     """A Kernels object with each call routed to its stage's lane. Values passed between calls are
     whatever the lanes make of them (arrays, Futures, arrays plus CUDA events)."""
 
-    def __init__(self, kernels, lanes: dict):
-        self.k, self.lanes = kernels, lanes
+    def __init__(self, kernels: Kernels, lanes: dict):
+        self.kernels, self.lanes = kernels, lanes
+        self.k = kernels
 
     def host_frames(self, count: int) -> np.ndarray:
         return self.k.host_frames(count)
@@ -88,7 +109,8 @@ class Runner:
     def encode(self, frames, state):
         return self.lanes["encode"].submit(self.k.encode, frames, state, outputs=2)
 
-    def dit(self, latents):
+    def dit(self, latents, chunk=None):
+        # The chunk's RoPE offset is not needed: every backend uses offset 0 (swiftvr/pipeline.py).
         return self.lanes["dit"].submit(self.k.dit, latents)
 
     def decode(self, latents, state):
@@ -96,6 +118,8 @@ class Runner:
 
     def download(self, frames, start: int, count: int):
         return self.lanes["download"].submit(self.k.download, frames, start, count)
+
+    emit = download      # what run_chunk does with a chunk's frames: start their copy to the host
 
     # array ops run untimed on the lane of the stage that needs them
     def concat(self, a, b, stage: str):
@@ -115,5 +139,7 @@ class Runner:
         return self.k.finish(self.lanes["download"].wait(ticket))
 
     def close(self) -> None:
+        """Waits for the lanes' work, then lets the Kernels free what they allocated."""
         for lane in self.lanes.values():
             lane.close()
+        self.k.close()

@@ -1,4 +1,4 @@
-"""Session: one video stream through a loaded model. The only place the chunk logic lives.
+"""Session: one video stream through a loaded model.
 
     model = load_bundle("engines/360p.plan")        # load once (engines / graphs / weights)
     a, b = Session(model), Session(model)           # any number of streams share them
@@ -7,10 +7,9 @@
 
 Every input frame gives exactly one output frame, in order (ChunkPlanner with keep_all_frames):
 push() returns the frames of the chunks that are finished, flush() all the rest. Each chunk is
-  upload -> encode (encoder state carried) -> DiT, its call prefixed with zeros or earlier LQ
-  latents as the plan says -> keep its own latents -> decode (decoder state carried) -> trim
-exactly as swiftvr.pipeline.Restorer._restore_chunk does in torch, so every backend gives the
-ground truth's frames (up to its arithmetic).
+uploaded, then run by swiftvr.chunks.run_chunk (the step swiftvr.pipeline.Restorer runs in torch)
+with the backend's Runner as its ChunkOps, so every backend gives the ground truth's frames (up to
+its arithmetic); the step's output is a download ticket.
 
 The work of a chunk is submitted without waiting (runtime/lanes.py), and up to `in_flight` chunks
 are under way at once: with in_flight >= 3 and overlapping lanes, encode of chunk k+1, DiT of
@@ -25,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-from swiftvr.chunks import Chunk, ChunkPlanner
+from swiftvr.chunks import Chunk, ChunkPlanner, FrameBuffer, StreamState, run_chunk
 
 from .backend import LoadedModel
 from .errors import InputSizeError
@@ -49,14 +48,9 @@ class Session:
         self.stats = StageStats()
         self.runner = model.new_runner(in_flight > 1 if overlap is None else overlap, self.stats)
         self.planner = ChunkPlanner(self.spec.clip_len, self.spec.dit_overlap, keep_all_frames=True)
-        # How many LQ latents a later DiT call can look back to (as the torch Restorer keeps).
-        self.keep = max(self.spec.clip_len // 4, self.spec.dit_overlap)
-        self.frames: list[np.ndarray] = []    # input frames not yet consumed by a chunk
-        self.frames_start = 0                 # stream index of self.frames[0]
-        self.last_frame = None
-        self.encoder_state = self.runner.zero_state("encoder")
-        self.decoder_state = self.runner.zero_state("decoder")
-        self.history = None                   # the latest LQ latents: where DiT prefixes come from
+        self.buffer = FrameBuffer()           # input frames not yet consumed by a chunk
+        self.state = StreamState(encoder=self.runner.zero_state("encoder"),
+                                 decoder=self.runner.zero_state("decoder"))
         self.pending: deque = deque()         # (chunk, download ticket), oldest first
         self.ready_frames: list = []          # finished chunks' frames not yet returned
         self.frames_in = self.frames_out = 0
@@ -69,8 +63,7 @@ class Session:
         frames = self._check(frames)
         if len(frames):
             # A copy: the caller may reuse its buffer while these frames wait for their chunk.
-            self.frames.extend(np.array(frames))
-            self.last_frame = frames[-1]
+            self.buffer.add(np.array(frames))
             self.frames_in += len(frames)
         for chunk in self.planner.push(len(frames)):
             self._submit(chunk)
@@ -92,8 +85,8 @@ class Session:
             self.closed = True
             self.runner.close()
             self.pending.clear()
-            self.frames.clear()
-            self.history = self.encoder_state = self.decoder_state = None
+            self.buffer.clear()
+            self.state = None
 
     def __enter__(self):
         return self
@@ -119,41 +112,17 @@ class Session:
             frames = resize_frames(frames, (width, height))
         return frames
 
-    def _take_frames(self, chunk: Chunk) -> list[np.ndarray]:
-        """The chunk's frames padded with copies of its last real frame; frames before the next
-        chunk's start are let go."""
-        begin = chunk.start - self.frames_start
-        real = self.frames[begin:begin + chunk.frames]
-        pad = [real[-1] if real else self.last_frame] * (chunk.encode_frames - len(real))
-        consumed = chunk.start + chunk.frames - self.frames_start
-        del self.frames[:consumed]
-        self.frames_start += consumed
-        return real + pad
-
     def _submit(self, chunk: Chunk) -> None:
-        frames = self._take_frames(chunk)
+        frames = self.buffer.take(chunk)
         if chunk.emit_frames == 0:
             # Only padding frames' outputs are left; later chunks of the plan emit nothing either.
             return
         while len(self.pending) >= self.in_flight:       # bound the work (and memory) under way
             self._finish_oldest()
-        r = self.runner
-        host = r.host_frames(chunk.encode_frames)         # pinned on CUDA: the upload is async
+        host = self.runner.host_frames(chunk.encode_frames)   # pinned on CUDA: the upload is async
         np.stack(frames, out=host)
-        lq, self.encoder_state = r.encode(r.upload(host), self.encoder_state)
-        z = lq
-        if chunk.dit_prefix:
-            prefix = (r.zeros(lq, chunk.dit_prefix, "dit") if chunk.prefix_is_zeros
-                      else r.take_last(self.history, chunk.dit_prefix, "dit"))
-            z = r.concat(prefix, lq, "dit")
-        hq = r.dit(z)
-        if chunk.dit_prefix:
-            hq = r.take_last(hq, chunk.latents, "dit")
-        # The history is LQ latents (the DiT's inputs, not its outputs), as the reference keeps.
-        history = lq if self.history is None else r.concat(self.history, lq, "encode")
-        self.history = r.take_last(history, self.keep, "encode")
-        frames, self.decoder_state = r.decode(hq, self.decoder_state)
-        self.pending.append((chunk, r.download(frames, chunk.trim, chunk.emit_frames)))
+        ticket = run_chunk(chunk, self.runner.upload(host), self.runner, self.state)
+        self.pending.append((chunk, ticket))
 
     def _finish_oldest(self) -> None:
         chunk, ticket = self.pending.popleft()

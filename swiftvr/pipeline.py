@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import SwiftVR
-from .chunks import Chunk, ChunkPlanner, OnlineReferencePlanner
+from .chunks import Chunk, ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, run_chunk
 from .sizes import FrameGeometry, frame_geometry
 
 PROTOCOLS = ("full", "reference", "reference-online")
@@ -79,12 +79,9 @@ class Restorer:
                                         keep_all_frames=settings.protocol == "full")
         self.cond = model.transformer.conditioning(model.prompt_emb)
         self.grid_plans = {}
-        self.frames = []            # uint8 [H, W, 3] frames not yet consumed by a chunk
-        self.frames_start = 0       # stream index of self.frames[0]
-        self.last_frame = None
-        self.encoder_state = self.decoder_state = None
-        self.history = None         # the latest LQ latents [1, 48, n, h, w] (prefix source)
-        self.t_offsets = []         # RoPE offsets used, per DiT call (for conformance checks)
+        self.buffer = FrameBuffer()         # uint8 [H, W, 3] frames not yet consumed by a chunk
+        self.state = StreamState()          # encoder / decoder states (None: zeros) and LQ history
+        self.t_offsets = []                 # RoPE offsets used, per DiT call (for conformance checks)
 
     # ---- public ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -95,9 +92,7 @@ class Restorer:
         width, height = self.geom.input_size
         if tuple(frames.shape[1:3]) != (height, width):
             raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, this restorer was made for {width}x{height}")
-        if len(frames):
-            self.frames.extend(frames.unbind(0))
-            self.last_frame = frames[-1]
+        self.buffer.add(frames.unbind(0))
         return self._run(self.planner.push(len(frames)))
 
     @torch.no_grad()
@@ -114,40 +109,39 @@ class Restorer:
             return torch.zeros(0, 3, out_h, out_w)
         return torch.zeros(0, out_h, out_w, 3, dtype=torch.uint8)
 
-    def _chunk_frames(self, chunk: Chunk) -> torch.Tensor:
-        """The chunk's frames, padded to `encode_frames` with copies of its last real frame."""
-        begin = chunk.start - self.frames_start
-        real = self.frames[begin:begin + chunk.frames]
-        pad = chunk.encode_frames - len(real)
-        frames = torch.stack(real + [real[-1] if real else self.last_frame] * pad)
-        # Frames before the next chunk's start are never needed again.
-        consumed = chunk.start + chunk.frames - self.frames_start
-        del self.frames[:consumed]
-        self.frames_start += consumed
-        return frames
-
     def _restore_chunk(self, chunk: Chunk) -> torch.Tensor:
-        model = self.model
-        x = preprocess(self._chunk_frames(chunk).to(self.device), self.geom, self.dtype)
-        lq, self.encoder_state = model.reae.encode(x, self.encoder_state)      # [1, n, 48, h, w]
-        lq = lq.transpose(1, 2)                                                # DiT layout [1, 48, n, h, w]
-        if chunk.dit_prefix:
-            prefix = torch.zeros_like(lq[:, :, :1]).expand(-1, -1, chunk.dit_prefix, -1, -1) \
-                if chunk.prefix_is_zeros else self.history[:, :, -chunk.dit_prefix:]
-            z = torch.cat([prefix, lq], dim=2)
-        else:
-            z = lq
+        frames = torch.stack(self.buffer.take(chunk)).to(self.device)
+        return run_chunk(chunk, frames, self, self.state)
+
+    # ---- swiftvr.chunks.ChunkOps on torch tensors ------------------------------------------------
+    def encode(self, frames, state):
+        x = preprocess(frames, self.geom, self.dtype)
+        lq, state = self.model.reae.encode(x, state)                 # [1, n, 48, h, w]
+        return lq.transpose(1, 2), state                             # DiT layout [1, 48, n, h, w]
+
+    def dit(self, latents, chunk: Chunk):
         t_offset = chunk.t_offset if self.settings.reference else 0
         self.t_offsets.append(t_offset)
-        hq = model.transformer.restore(z, self.cond, self._grid_plan(z.shape, t_offset))[:, :, chunk.dit_prefix:]
-        keep = max(self.settings.clip_len // 4, self.settings.dit_overlap)
-        self.history = (lq if self.history is None else torch.cat([self.history, lq], dim=2))[:, :, -keep:]
-        frames, self.decoder_state = model.reae.decode(hq.transpose(1, 2), self.decoder_state)
-        frames = frames[:, chunk.trim:chunk.trim + chunk.emit_frames]
+        return self.model.transformer.restore(latents, self.cond, self._grid_plan(latents.shape, t_offset))
+
+    def decode(self, latents, state):
+        return self.model.reae.decode(latents.transpose(1, 2), state)
+
+    def emit(self, frames, start: int, count: int):
+        frames = frames[:, start:start + count]
         if self.output == "float":
             out_w, out_h = self.geom.output_size
             return frames[0, :, :, :out_h, :out_w].float()
         return to_uint8(frames, self.geom, rounding=not self.settings.reference)
+
+    def concat(self, a, b, stage: str):
+        return torch.cat([a, b], dim=2)
+
+    def take_last(self, x, n: int, stage: str):
+        return x if n >= x.shape[2] else x[:, :, -n:]
+
+    def zeros(self, like, n: int, stage: str):
+        return torch.zeros_like(like[:, :, :1]).expand(-1, -1, n, -1, -1)
 
     def _grid_plan(self, latent_shape, t_offset: int):
         grid = self.model.transformer.token_grid(latent_shape)

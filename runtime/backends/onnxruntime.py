@@ -148,6 +148,9 @@ class OnnxKernels:
         shape[2] = n
         return self._value(np.zeros(shape, self.m.latent_dtype))
 
+    def close(self) -> None:
+        pass             # nothing of its own: OrtValues go with their last reference
+
 
 def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
     import json
