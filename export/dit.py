@@ -22,7 +22,7 @@ from torch import nn
 
 from swiftvr.config import DiTConfig
 from swiftvr.geometry import is_shifted
-from swiftvr.transformer import Block, SwiftVRTransformer
+from swiftvr.transformer import Block, Conditioning, GridPlan, SwiftVRTransformer, run_blocks
 
 from .weights import WeightSource
 
@@ -43,32 +43,15 @@ def hidden_name(block: int) -> str:
     return f"hidden.{block}"
 
 
-@dataclass
-class Conditioning:
-    """The constant timestep's and prompt's contributions, float32 (computed from float32 weights so
-    that a bf16/fp16 graph carries them rounded once, not computed in low precision)."""
-    temb: torch.Tensor               # [1, dim]
-    timestep_proj: torch.Tensor      # [1, 6, dim]
-    text_hidden: torch.Tensor        # [1, L, dim]
-
-
 def compute_conditioning(cfg: DiTConfig, embedder_tensors: dict, prompt: torch.Tensor) -> Conditioning:
-    """Runs the model's own `conditioning` on a block-less transformer holding only the embedders."""
+    """The constant timestep's and prompt's contributions, float32 (computed from float32 weights so
+    that a bf16/fp16 graph carries them rounded once, not computed in low precision). Runs the
+    model's own `conditioning` on a block-less transformer holding only the embedders, so its
+    cross_kv is empty: each part computes its blocks' (Attention.cross_kv) as they stream in."""
     with torch.device("meta"):
         stem = SwiftVRTransformer(replace(cfg, num_layers=0))
     stem.load_state_dict(embedder_tensors, strict=False, assign=True)
-    cond = stem.conditioning(prompt.float())
-    return Conditioning(cond.temb, cond.timestep_proj, cond.text_hidden)
-
-
-@torch.no_grad()
-def cross_attention_kv(block: Block, text_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's cross-attention keys and values of the prompt, [1, heads, L, head_dim]: the same
-    per-block step as `SwiftVRTransformer.conditioning`."""
-    attn = block.attn2
-    k = attn.split_heads(attn.norm_k(attn.to_k(text_hidden))).transpose(1, 2)
-    v = attn.split_heads(attn.to_v(text_hidden)).transpose(1, 2)
-    return k.contiguous(), v.contiguous()
+    return stem.conditioning(prompt.float())
 
 
 @dataclass
@@ -140,7 +123,7 @@ def stream_parts(source: WeightSource, ranges: list[tuple[int, int]], dtype: tor
                         block = Block(cfg)
                     # float32 first: the prompt's keys/values are computed at full precision, then cast.
                     _materialise(block, stream.take_prefix(f"blocks.{n}."), torch.float32)
-                    k, v = cross_attention_kv(block, cond.text_hidden)
+                    k, v = block.attn2.cross_kv(cond.text_hidden)
                     blocks[n], cross_kv[n] = block.to(dtype), (k.to(dtype), v.to(dtype))
                     if on_block:
                         on_block(n)
@@ -203,11 +186,13 @@ class DiTPart(nn.Module):
 
     def forward(self, *inputs):
         x = SwiftVRTransformer.embed(self, inputs[0]) if self.embeds else inputs[0]
-        for n in range(self.first, self.end):
-            kind = _kind(is_shifted(n))
-            x = self.blocks[str(n)](x, self.timestep_proj, getattr(self, f"cross_k_{n}"), getattr(self, f"cross_v_{n}"),
-                                    self.rope_cos, self.rope_sin, getattr(self, f"gather_{kind}"),
-                                    getattr(self, f"owner_{kind}"))
+        numbers = range(self.first, self.end)
+        cond = Conditioning(self.temb, self.timestep_proj, None,
+                            {n: (getattr(self, f"cross_k_{n}"), getattr(self, f"cross_v_{n}")) for n in numbers})
+        plan = GridPlan(self.grid, self.rope_cos, self.rope_sin,
+                        {n: getattr(self, f"gather_{_kind(is_shifted(n))}") for n in numbers},
+                        {n: getattr(self, f"owner_{_kind(is_shifted(n))}") for n in numbers})
+        x = run_blocks([(n, self.blocks[str(n)]) for n in numbers], x, cond, plan)
         if not self.projects:
             return x
         latents = inputs[-1]

@@ -229,28 +229,43 @@ def _next_state(pairs: list[dict], outputs: dict) -> dict:
     return {s["input"]: outputs[s["output"]] for s in pairs}
 
 
+class NumpyChunkOps:
+    """swiftvr.chunks.ChunkOps on numpy arrays, running the ONNX graphs."""
+
+    def __init__(self, graphs: OrtGraphs):
+        self.graphs = graphs
+
+    def encode(self, frames, state):
+        return self.graphs.encode(frames, state)
+
+    def dit(self, latents, chunk):
+        return self.graphs.dit(latents)[0]
+
+    def decode(self, latents, state):
+        return self.graphs.decode(latents, state)
+
+    def emit(self, frames, start: int, count: int):
+        return frames[start:start + count]
+
+    def concat(self, a, b, stage: str):
+        return np.concatenate([a, b], axis=2)
+
+    def take_last(self, x, n: int, stage: str):
+        return x[:, :, -n:]
+
+    def zeros(self, like, n: int, stage: str):
+        return np.zeros_like(like[:, :, :1]).repeat(n, axis=2)
+
+
 def run_stream(graphs: OrtGraphs, video: np.ndarray, clip_len: int, overlap: int) -> tuple[np.ndarray, list]:
-    """The chunk protocol with the ONNX graphs, as swiftvr.pipeline.Restorer runs it in torch."""
-    from swiftvr.chunks import ChunkPlanner
+    """The chunk protocol with the ONNX graphs: swiftvr.chunks.run_chunk, as the torch Restorer runs it."""
+    from swiftvr.chunks import ChunkPlanner, FrameBuffer, StreamState, run_chunk
     planner = ChunkPlanner(clip_len, overlap)
     chunks = planner.push(len(video)) + planner.finish()
-    keep = max(clip_len // 4, overlap)
-    enc_state, dec_state = graphs.zero_state("encoder"), graphs.zero_state("decoder")
-    history, outputs = None, []
-    for chunk in chunks:
-        real = video[chunk.start:chunk.start + chunk.frames]
-        last = real[-1:] if len(real) else video[-1:]
-        frames = np.concatenate([real] + [last] * (chunk.encode_frames - len(real)))
-        lq, enc_state = graphs.encode(frames, enc_state)
-        z = lq
-        if chunk.dit_prefix:
-            prefix = np.zeros_like(lq[:, :, :1]).repeat(chunk.dit_prefix, axis=2) if chunk.prefix_is_zeros \
-                else history[:, :, -chunk.dit_prefix:]
-            z = np.concatenate([prefix, lq], axis=2)
-        restored, _ = graphs.dit(z)
-        history = (lq if history is None else np.concatenate([history, lq], axis=2))[:, :, -keep:]
-        frames_out, dec_state = graphs.decode(restored[:, :, chunk.dit_prefix:], dec_state)
-        outputs.append(frames_out[chunk.trim:chunk.trim + chunk.emit_frames])
+    buffer, ops = FrameBuffer(), NumpyChunkOps(graphs)
+    buffer.add(video)
+    state = StreamState(graphs.zero_state("encoder"), graphs.zero_state("decoder"))
+    outputs = [run_chunk(chunk, np.stack(buffer.take(chunk)), ops, state) for chunk in chunks]
     return np.concatenate(outputs), chunks
 
 

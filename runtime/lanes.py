@@ -7,8 +7,11 @@ lane decides when it actually runs:
   * ThreadLane   one worker thread per stage; values between lanes are Futures. Encode of chunk
                  k+1, DiT of chunk k and decode of chunk k-1 then run at the same time (ONNX
                  Runtime and torch release the GIL inside their kernels).
-  * CUDA lanes   (runtime/backends/cuda.py, runtime/backends/torch/) one CUDA stream per stage; values
-                 carry the event after which they are valid and consumers wait on it on the GPU.
+  * CudaLane     one CUDA stream per stage (or one stream for all: no overlap); values carry the
+                 event after which they are valid (OnDevice) and consumers wait on it on the GPU.
+                 It is written once for both CUDA backends, over a `CudaDevice`: how streams and
+                 events are made and used (runtime/backends/cuda.py's Cuda for TensorRT,
+                 runtime/backends/torch/model.py's TorchCuda for torch).
 
 Every lane has the same four methods: submit(fn, *args, outputs=1, timed=True), wait(value),
 ready(value), close(). Work only ever waits for work submitted before it, and each lane runs in
@@ -18,6 +21,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ContextManager, Protocol
 
 STAGES = ("upload", "encode", "dit", "decode", "download")
 
@@ -137,3 +141,69 @@ class ThreadLane:
 def cpu_lanes(overlap: bool, stats: StageStats) -> dict:
     lane = ThreadLane if overlap else InlineLane
     return {stage: lane(stage, stats) for stage in STAGES}
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------
+class CudaDevice(Protocol):
+    """Streams and events of one CUDA device, as a CudaLane uses them."""
+
+    def new_stream(self) -> Any: ...
+    def on(self, stream) -> ContextManager: ...                  # make `stream` current for the work
+    def record(self, stream, timing: bool) -> Any: ...           # -> an event recorded on `stream`
+    def wait_event(self, stream, event) -> None: ...             # `stream` waits for `event`, on the GPU
+    def used_on(self, value, stream) -> None: ...                # the arrays in `value` are used on `stream`
+    def elapsed_ms(self, start, end) -> float: ...
+    def done(self, event) -> bool: ...
+    def synchronize(self, event_or_stream) -> None: ...          # the host waits
+
+
+class OnDevice:
+    """A value computed on a CUDA stream: valid on the GPU once `event` has completed."""
+    __slots__ = ("value", "event")
+
+    def __init__(self, value, event):
+        self.value, self.event = value, event
+
+
+class CudaLane:
+    def __init__(self, stage: str, stats: StageStats, device: CudaDevice, stream):
+        self.stage, self.stats, self.device, self.stream = stage, stats, device, stream
+
+    def _use(self, value):
+        """Make this stream wait for `value` and tell the allocator it is used here."""
+        if isinstance(value, OnDevice):
+            self.device.wait_event(self.stream, value.event)
+            value = value.value
+        self.device.used_on(value, self.stream)
+        return value
+
+    def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
+        device = self.device
+        args = [self._use(a) for a in args]
+        with device.on(self.stream):
+            start = device.record(self.stream, timing=True) if timed else None
+            out = fn(*args)
+            end = device.record(self.stream, timing=timed)
+        if timed:
+            self.stats.add_events(self.stage, lambda: device.elapsed_ms(start, end), lambda: device.done(end))
+        return OnDevice(out, end) if outputs == 1 else tuple(OnDevice(o, end) for o in out)
+
+    def wait(self, value):
+        if isinstance(value, OnDevice):
+            self.device.synchronize(value.event)
+            return value.value
+        return value
+
+    def ready(self, value) -> bool:
+        return not isinstance(value, OnDevice) or self.device.done(value.event)
+
+    def close(self) -> None:
+        self.device.synchronize(self.stream)
+
+
+def cuda_lanes(device: CudaDevice, overlap: bool, stats: StageStats) -> dict:
+    """A stream per stage (overlap), or one stream for all: every stage after the other."""
+    if overlap:
+        return {stage: CudaLane(stage, stats, device, device.new_stream()) for stage in STAGES}
+    stream = device.new_stream()
+    return {stage: CudaLane(stage, stats, device, stream) for stage in STAGES}

@@ -56,10 +56,32 @@ class Attention(nn.Module):
         self.to_qkv = fused
         del self.to_q, self.to_k, self.to_v
 
+    def split_qkv(self) -> None:
+        """Undo fuse_qkv: the rows go back into to_q / to_k / to_v (so a model can go back and forth)."""
+        fused = self.to_qkv
+        for name, w, b in zip(("to_q", "to_k", "to_v"), fused.weight.chunk(3), fused.bias.chunk(3)):
+            linear = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
+            setattr(self, name, linear)
+        del self.to_qkv
+
+    @property
+    def is_fused(self) -> bool:
+        return hasattr(self, "to_qkv")
+
     def self_qkv(self, x):
-        if hasattr(self, "to_qkv"):
+        if self.is_fused:
             return self.to_qkv(x).chunk(3, dim=-1)
         return self.to_q(x), self.to_k(x), self.to_v(x)
+
+    def cross_kv(self, text_hidden):
+        """A cross-attention's keys and values of the prompt, [1, heads, L, head_dim] (constant per
+        model: computed once, in Conditioning or baked into the exported graph)."""
+        k = self.split_heads(self.norm_k(self.to_k(text_hidden))).transpose(1, 2)
+        v = self.split_heads(self.to_v(text_hidden)).transpose(1, 2)
+        return k.contiguous(), v.contiguous()
 
 
 def apply_rope(x, cos, sin):
@@ -194,13 +216,7 @@ class SwiftVRTransformer(nn.Module):
         timestep_proj = emb.time_proj(F.silu(temb)).unflatten(1, (6, -1))
         prompt = prompt_emb.to(device=device, dtype=dtype)[None]
         text = emb.text_embedder.linear_2(F.gelu(emb.text_embedder.linear_1(prompt), approximate="tanh"))
-        cross_kv = []
-        for block in self.blocks:
-            attn = block.attn2
-            k = attn.split_heads(attn.norm_k(attn.to_k(text))).transpose(1, 2)
-            v = attn.split_heads(attn.to_v(text)).transpose(1, 2)
-            cross_kv.append((k.contiguous(), v.contiguous()))
-        return Conditioning(temb, timestep_proj, text, cross_kv)
+        return Conditioning(temb, timestep_proj, text, [block.attn2.cross_kv(text) for block in self.blocks])
 
     def grid_plan(self, grid: tuple[int, int, int], t_offset: int = 0, device=None) -> GridPlan:
         cfg = self.cfg
@@ -216,7 +232,14 @@ class SwiftVRTransformer(nn.Module):
         """Fuse every self-attention's q/k/v projections (after loading; see Attention.fuse_qkv).
         Cross-attention needs only q per chunk: its k/v are in the Conditioning."""
         for block in self.blocks:
-            block.attn1.fuse_qkv()
+            if not block.attn1.is_fused:
+                block.attn1.fuse_qkv()
+
+    def split_qkv(self) -> None:
+        """Undo fuse_qkv on every self-attention that is fused."""
+        for block in self.blocks:
+            if block.attn1.is_fused:
+                block.attn1.split_qkv()
 
     # ---- per chunk -------------------------------------------------------------------------
     def token_grid(self, latent_shape) -> tuple[int, int, int]:
@@ -230,12 +253,9 @@ class SwiftVRTransformer(nn.Module):
         """[B, 48, F, H, W] -> tokens [B, K, dim] (frame-major, then row, then column)."""
         return self.patch_embedding(z_lq).flatten(2).transpose(1, 2)
 
-    def run_blocks(self, x, cond: Conditioning, plan: GridPlan, start: int = 0, end: int | None = None):
+    def run_blocks(self, x, cond: Conditioning, plan: GridPlan, start: int = 0, end: int | None = None, call=None):
         end = len(self.blocks) if end is None else end
-        for n in range(start, end):
-            k, v = cond.cross_kv[n]
-            x = self.blocks[n](x, cond.timestep_proj, k, v, plan.cos, plan.sin, plan.gathers[n], plan.owners[n])
-        return x
+        return run_blocks([(n, self.blocks[n]) for n in range(start, end)], x, cond, plan, call)
 
     def velocity_from_tokens(self, x, temb, grid: tuple[int, int, int]):
         """Output head and unpatchify: tokens [B, K, dim] -> velocity [B, 48, F, H, W]."""
@@ -247,10 +267,22 @@ class SwiftVRTransformer(nn.Module):
         y = y.reshape(y.shape[0], frames, rows, cols, pt, ph, pw, -1)
         return y.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(y.shape[0], -1, frames * pt, rows * ph, cols * pw)
 
-    def velocity(self, z_lq, cond: Conditioning, plan: GridPlan):
-        x = self.run_blocks(self.embed(z_lq), cond, plan)
+    def velocity(self, z_lq, cond: Conditioning, plan: GridPlan, call=None):
+        x = self.run_blocks(self.embed(z_lq), cond, plan, call=call)
         return self.velocity_from_tokens(x, cond.temb, plan.grid)
 
-    def restore(self, z_lq, cond: Conditioning, plan: GridPlan):
-        """One-step restoration: z_hq = z_lq - v."""
-        return z_lq - self.velocity(z_lq, cond, plan)
+    def restore(self, z_lq, cond: Conditioning, plan: GridPlan, call=None):
+        """One-step restoration: z_hq = z_lq - v. `call(block, *inputs)`, when given, runs each
+        block instead of block(*inputs) (the torch backend passes one compiled function)."""
+        return z_lq - self.velocity(z_lq, cond, plan, call)
+
+
+def run_blocks(blocks, x, cond: Conditioning, plan: GridPlan, call=None):
+    """The DiT's block loop over (global block index, Block) pairs: the only place the per-block
+    inputs are picked (cross-attention k/v, RoPE tables, the layer's window indices). `cond` and
+    `plan` may hold per-block lists or dicts keyed by block index."""
+    for n, block in blocks:
+        k, v = cond.cross_kv[n]
+        inputs = (x, cond.timestep_proj, k, v, plan.cos, plan.sin, plan.gathers[n], plan.owners[n])
+        x = block(*inputs) if call is None else call(block, *inputs)
+    return x

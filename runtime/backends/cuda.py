@@ -3,6 +3,8 @@
 Only what the pipeline needs: streams, events, stream-ordered device memory (cudaMallocAsync),
 page-locked host memory (cudaMallocHost) and async copies. Every call's error code is checked.
 
+`Cuda` is also the CudaDevice a TensorRT Session's CudaLanes (runtime/lanes.py) run on.
+
 Device arrays are allocated on the stream of the stage that makes them and used on others. When
 Python drops one, an event is recorded on every stream that used it, and the memory is given back
 (cudaFreeAsync) once those events have completed: no stream ever waits for a free, and memory in
@@ -15,6 +17,7 @@ import threading
 import numpy as np
 
 from ..errors import MissingPackageError, RuntimeSetupError
+from ..nest import flatten
 
 ITEMSIZE = {"uint8": 1, "int8": 1, "bool": 1, "float16": 2, "bfloat16": 2, "float32": 4, "int32": 4, "int64": 8}
 
@@ -88,6 +91,32 @@ class Cuda:
             def __exit__(self, *exc):
                 cuda._local.stream = self.before
         return _On()
+
+    # ---- what a CudaLane needs (runtime/lanes.py CudaDevice) ------------------------------------
+    def new_stream(self) -> "Stream":
+        return Stream(self)
+
+    def record(self, stream: "Stream", timing: bool) -> "Event":
+        return Event(self, timing).record(stream)
+
+    def wait_event(self, stream: "Stream", event: "Event") -> None:
+        stream.wait(event)
+
+    def used_on(self, value, stream: "Stream") -> None:
+        for array in flatten(value)[0]:
+            if isinstance(array, DeviceArray):
+                array.used_on(stream)
+
+    def elapsed_ms(self, start: "Event", end: "Event") -> float:
+        return end.elapsed_ms(start)
+
+    def done(self, event: "Event") -> bool:
+        return event.done()
+
+    def synchronize(self, event_or_stream) -> None:
+        event_or_stream.synchronize()
+        if isinstance(event_or_stream, Event):
+            self.memory_in_use()            # sample the peak while the chunks are in flight
 
     # ---- memory ---------------------------------------------------------------------------------
     def retire(self, ptr: int, stream: "Stream", users: set) -> None:
@@ -182,7 +211,8 @@ class DeviceArray:
 
 
 class PinnedPool:
-    """Page-locked host buffers, reused once the copy that last used them has completed."""
+    """Page-locked host buffers, reused once the copy that last used them has completed. close()
+    frees them all (those handed out too): call it once no copy can still use them."""
 
     def __init__(self, cuda: Cuda):
         self.cuda = cuda
@@ -219,11 +249,14 @@ class PinnedPool:
             self.busy.append((*buffer, after))
 
     def close(self) -> None:
-        for _, ptr, event in self.busy:
+        for _, _, event in self.busy:
             event.synchronize()
-        for _, ptr in self.free + [(b[0], b[1]) for b in self.busy]:
-            self.cuda.rt.cudaFreeHost(ptr)
-        self.free, self.busy = [], []
+        # Buffers still handed out (a download nobody collected) are freed too: their arrays are
+        # this pool's own, callers only ever get copies (finish()).
+        buffers = self.free + [(size, ptr) for size, ptr, _ in self.busy] + list(self.by_address.values())
+        self.free, self.busy, self.by_address = [], [], {}
+        for _, ptr in buffers:
+            self.cuda.call(self.cuda.rt.cudaFreeHost, ptr)
 
 
 def copy_rows(cuda: Cuda, dst: DeviceArray, dst_offset: int, dst_pitch: int, src: DeviceArray, src_offset: int,

@@ -18,9 +18,9 @@ import importlib
 import numpy as np
 
 from ..backend import LoadedModel
-from .cuda import Cuda, DeviceArray, Event, PinnedPool, Stream, copy_rows
+from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
 from ..errors import MissingPackageError, RuntimeSetupError
-from ..lanes import STAGES, StageStats
+from ..lanes import StageStats, cuda_lanes
 from ..spec import dit_chains, pick_chain, spec_from_meta
 
 MODULES = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
@@ -88,10 +88,7 @@ class TensorRTModel(LoadedModel):
         return TensorRTKernels(self)
 
     def lanes(self, overlap: bool, stats: StageStats) -> dict:
-        if overlap:
-            return {stage: CudaLane(stage, stats, self.cuda, Stream(self.cuda)) for stage in STAGES}
-        stream = Stream(self.cuda)
-        return {stage: CudaLane(stage, stats, self.cuda, stream) for stage in STAGES}
+        return cuda_lanes(self.cuda, overlap, stats)
 
     def reset_peak_memory(self) -> None:
         self.cuda.peak_in_use = 0
@@ -212,65 +209,12 @@ class TensorRTKernels:
         _, c, _, h, w = like.shape
         return self._zeros((1, c, n, h, w), like.dtype)
 
+    def close(self) -> None:
+        """Frees this stream's page-locked buffers (the lanes have finished their work)."""
+        self.pinned.close()
+
 
 def _numpy_name(trt, dtype) -> str:
     names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16",
              trt.DataType.UINT8: "uint8", trt.DataType.INT32: "int32", trt.DataType.INT64: "int64"}
     return names[dtype]
-
-
-class OnDevice:
-    """A value made on a CUDA stream: valid on the GPU after `event`."""
-    __slots__ = ("value", "event")
-
-    def __init__(self, value, event: Event):
-        self.value, self.event = value, event
-
-
-class CudaLane:
-    """A stage on its own CUDA stream (or on one stream shared by all stages: no overlap)."""
-
-    def __init__(self, stage: str, stats: StageStats, cuda: Cuda, stream: Stream):
-        self.stage, self.stats, self.cuda, self.stream = stage, stats, cuda, stream
-
-    def _use(self, value):
-        if isinstance(value, OnDevice):
-            self.stream.wait(value.event)
-            value = value.value
-        for array in _arrays(value):
-            array.used_on(self.stream)
-        return value
-
-    def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
-        args = [self._use(a) for a in args]
-        with self.cuda.on(self.stream):
-            start = Event(self.cuda, timing=True).record(self.stream) if timed else None
-            out = fn(*args)
-            end = Event(self.cuda, timing=timed).record(self.stream)
-        if timed:
-            self.stats.add_events(self.stage, lambda: end.elapsed_ms(start), end.done)
-        return OnDevice(out, end) if outputs == 1 else tuple(OnDevice(o, end) for o in out)
-
-    def wait(self, value):
-        if isinstance(value, OnDevice):
-            value.event.synchronize()
-            self.cuda.memory_in_use()            # sample the peak while the chunks are in flight
-            return value.value
-        return value
-
-    def ready(self, value) -> bool:
-        return not isinstance(value, OnDevice) or value.event.done()
-
-    def close(self) -> None:
-        self.stream.synchronize()
-
-
-def _arrays(value):
-    if isinstance(value, DeviceArray):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _arrays(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _arrays(v)
