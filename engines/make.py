@@ -72,28 +72,29 @@ def main(argv=None) -> int:
         except (CheckpointError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        source_args = ["--checkpoint", args.checkpoint]
+        source = {"checkpoint": args.checkpoint}
     else:
         from swiftvr.config import get_preset
         print(f"no checkpoint given: building the {args.preset} preset with seeded random weights (seed "
               f"{RANDOM_SEED}). It runs every code path but restores nothing; pass CKPT=DIR for the release model.")
         weights, layers = f"random:{args.preset}:{RANDOM_SEED}", get_preset(args.preset).dit.num_layers
-        source_args = ["--preset", args.preset, "--random-weights", str(RANDOM_SEED)]
+        source = {"preset": args.preset, "seed": RANDOM_SEED}
     parts = args.dit_parts or -(-layers // BLOCKS_PER_PART)
 
     key = export_key(weights, args, precision, parts)
     export_dir = Path(args.exports) / f"{resolution_name(parse_size(args.res))}-{precision}-{key}"
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     if args.force or not (export_dir / "export.json").exists():
-        from export.__main__ import main as export_main
-        export_argv = source_args + ["--res", args.res, "--precision", precision, "--clip-len", str(args.clip_len),
-                                     "--dit-overlap", str(args.dit_overlap), "--dit-parts", str(parts),
-                                     "--out", str(export_dir), "--overwrite"]
-        export_argv += ["--scale", str(args.scale)] if args.scale else []
-        export_argv += ["--input", args.input] if args.input else []
-        code = export_main(export_argv)
-        if code:
-            return code
+        from export import export_model
+        from export.settings import ExportError
+        try:
+            report = export_model(export_dir, args.res, **source, scale=args.scale, input_size=args.input,
+                                  precision=precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
+                                  dit_parts=parts, overwrite=True)
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(report.summary())
     else:
         print(f"reusing export {export_dir} (same weights and settings)")
 

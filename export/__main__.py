@@ -6,12 +6,12 @@
 Then `python -m export.verify OUT` checks the graphs against the torch model in ONNX Runtime.
 """
 import argparse
-from pathlib import Path
 import sys
 
 from swiftvr.sizes import RESOLUTIONS
 
-from .settings import PRECISIONS, ExportError, check_out_dir, make_settings
+from . import export_model
+from .settings import PRECISIONS, ExportError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,35 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        source = _weight_source(args)
-        settings = make_settings(args.res, args.scale, args.input, args.precision, args.clip_len, args.dit_overlap,
-                                 args.dit_parts, num_layers=source.cfg.num_layers)
-        check_out_dir(Path(args.out), args.overwrite)
+        report = export_model(args.out, args.res, checkpoint=args.checkpoint, preset=args.preset,
+                              seed=args.random_weights, scale=args.scale, input_size=args.input,
+                              precision=args.precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
+                              dit_parts=args.dit_parts, overwrite=args.overwrite, progress=not args.quiet)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from .exporter import run_export        # torch.onnx is slow to import: only once the request is good
-    g = settings.geometry
-    print(f"exporting {source.preset or 'checkpoint'} {g.input_size[0]}x{g.input_size[1]} -> "
-          f"{g.output_size[0]}x{g.output_size[1]} (padded {g.padded_size[0]}x{g.padded_size[1]}), "
-          f"{settings.precision}, clip_len {settings.clip_len}, DiT latent frames {settings.dit_latent_frames}, "
-          f"{settings.dit_parts} DiT part(s)")
-    report = run_export(source, settings, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(report.summary())
     print(f"wrote {report.out}")
     return 0
-
-
-def _weight_source(args):
-    from .weights import checkpoint_source, random_source
-    if args.checkpoint is not None:
-        if args.preset is not None or args.random_weights is not None:
-            raise ExportError("--checkpoint takes its shapes and weights from the folder: "
-                              "drop --preset/--random-weights")
-        return checkpoint_source(args.checkpoint)
-    if args.preset is None or args.random_weights is None:
-        raise ExportError("give --checkpoint DIR, or --preset NAME with --random-weights SEED")
-    return random_source(args.preset, args.random_weights)
 
 
 if __name__ == "__main__":

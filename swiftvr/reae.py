@@ -14,7 +14,6 @@ So a stream's state is one tensor per MemBlock, named `mem_<layer index>`, and p
 in chunks gives the same numbers as processing it whole.
 """
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -213,13 +212,10 @@ class ReAE(nn.Module):
     # Decoding k latents gives 4k frames; the first 3 of a stream come before input frame 0.
     frames_to_trim = FRAMES_PER_LATENT - 1
 
-    def __init__(self, checkpoint_path: str | Path | None = None):
+    def __init__(self):
         super().__init__()
         self.encoder = build_encoder()
         self.decoder = build_decoder()
-        if checkpoint_path is not None:
-            from safetensors.torch import load_file
-            self.load_state_dict(load_file(str(checkpoint_path)), strict=True)
 
     def encode(self, frames: Tensor, state: dict[str, Tensor] | None = None
                ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from runtime import bench
-from runtime.backends.torch import (TorchModel, TorchOptions, TorchSource, flatten_tensors, graph_key, rebuild,
-                                   set_fused_qkv)
+from swiftvr.flops import dit_flops
+from runtime.backends.torch import TorchModel, TorchOptions, TorchSource, set_fused_qkv
+from runtime.backends.torch.cudagraphs import graph_key
+from runtime.nest import flatten, rebuild
 from runtime.errors import RuntimeSetupError
 from swiftvr import geometry
 from swiftvr.config import get_preset
@@ -50,7 +52,7 @@ def test_flop_count_matches_a_hand_count():
     windows = 2 * 2 * (2 * 32 * 32 * dim)                                     # 2 windows x (QK^T, PV)
     cross = 2 * (2 * tokens * prompt * dim)                                   # QK^T, PV against the prompt
     edges = 2 * (2 * tokens * (48 * 4) * dim)                                 # patch embedding, output head
-    flops = bench.dit_flops(cfg, grid, prompt_len=prompt)
+    flops = dit_flops(cfg, grid, prompt_len=prompt)
     assert flops["total"] == layers * (linears + windows + cross) + edges == 56_229_888
     assert flops["fp8_linears"] == layers * linears
     assert flops["tokens"] == tokens
@@ -69,12 +71,12 @@ def test_flop_count_matches_torch_flop_counter():
     plan = transformer.grid_plan(grid)
     with FlopCounterMode(display=False) as counter, torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]):
         transformer.restore(z, cond, plan)
-    assert counter.get_total_flops() == bench.dit_flops(transformer.cfg, grid, model.prompt_emb.shape[0])["total"]
+    assert counter.get_total_flops() == dit_flops(transformer.cfg, grid, model.prompt_emb.shape[0])["total"]
 
 
 def test_5b_flops_per_frame_at_1080p():
     """The issue's ceiling: about 5 TFLOP of DiT matmul per output frame at 1080p."""
-    flops = bench.dit_flops(get_preset("5b").dit, (6, 34, 60), 512)
+    flops = dit_flops(get_preset("5b").dit, (6, 34, 60), 512)
     assert 4.9e12 < flops["total"] / 24 < 5.1e12
 
 
@@ -228,7 +230,7 @@ def test_overlapped_threads_give_the_sequential_outputs(plain_run):
 def test_graph_inputs_flatten_and_rebuild():
     state = {"mem_4": torch.ones(1, 2), "mem_5": torch.zeros(3)}
     nest = (torch.arange(3), state, None)
-    tensors, structure = flatten_tensors(nest)
+    tensors, structure = flatten(nest)
     assert len(tensors) == 3
     rebuilt = rebuild(structure, [t + 1 for t in tensors])
     assert torch.equal(rebuilt[0], torch.arange(3) + 1) and list(rebuilt[1]) == ["mem_4", "mem_5"]
@@ -261,7 +263,7 @@ def test_bench_json_has_every_number(bench_report):
     assert report["ceilings"]["matmul"]["tflops"] > 0
     res = report["resolutions"]["32x32"]
     assert res["input_size"] == [8, 8] and res["output_size"] == [32, 32] and res["dit_token_grid"] == [1, 1, 1]
-    assert res["dit_flops"]["total"] == bench.dit_flops(get_preset("tiny").dit, (1, 1, 1), 16)["total"]
+    assert res["dit_flops"]["total"] == dit_flops(get_preset("tiny").dit, (1, 1, 1), 16)["total"]
     ran = {"eager", "fused-qkv", "channels-last", "attention", "fp8"}
     assert set(report["variants"]) == set(ALL_BUT_COMPILE.split(","))
     for name in ran:
