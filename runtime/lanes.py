@@ -73,16 +73,20 @@ class StageStats:
         return out
 
 
+def _run_timed(stats: StageStats, stage: str, fn, args, timed: bool):
+    start = time.perf_counter()
+    out = fn(*args)
+    if timed:
+        stats.add(stage, time.perf_counter() - start)
+    return out
+
+
 class InlineLane:
     def __init__(self, stage: str, stats: StageStats):
         self.stage, self.stats = stage, stats
 
     def submit(self, fn, *args, outputs: int = 1, timed: bool = True):
-        start = time.perf_counter()
-        out = fn(*args)
-        if timed:
-            self.stats.add(self.stage, time.perf_counter() - start)
-        return out
+        return _run_timed(self.stats, self.stage, fn, args, timed)
 
     def wait(self, value):
         return value
@@ -122,11 +126,7 @@ class ThreadLane:
 
     def _run(self, fn, args, timed):
         args = [_resolve(a) for a in args]     # waiting for inputs is not this stage's time
-        start = time.perf_counter()
-        out = fn(*args)
-        if timed:
-            self.stats.add(self.stage, time.perf_counter() - start)
-        return out
+        return _run_timed(self.stats, self.stage, fn, args, timed)
 
     def wait(self, value):
         return _resolve(value)

@@ -269,7 +269,7 @@ def test_work_and_buffers_stay_bounded_on_a_long_stream(cpu_model):
     with Session(cpu_model, in_flight=3, overlap=True) as s:
         for i in range(120):
             out += len(s.push(frames[i % 8]))
-            most_buffered, most_pending = max(most_buffered, len(s.frames)), max(most_pending, len(s.pending))
+            most_buffered, most_pending = max(most_buffered, len(s.buffer.frames)), max(most_pending, len(s.pending))
         out += len(s.flush())
     assert out == 120
     assert most_buffered <= CLIP_LEN + 4 + 1 and most_pending <= 3

@@ -13,9 +13,10 @@ latent history as device arrays. Each stage runs on its own stream and waits for
 events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk k-1 overlap
 on the GPU; frames go up from and come back to pinned host buffers.
 """
-import importlib
-
 import numpy as np
+
+from engines import flavours
+from engines.flavours import MODULES
 
 from ..backend import LoadedModel
 from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
@@ -23,18 +24,18 @@ from ..errors import MissingPackageError, RuntimeSetupError
 from ..lanes import StageStats, cuda_lanes
 from ..spec import dit_chains, pick_chain, spec_from_meta
 
-MODULES = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
 INSTALL = {"tensorrt-rtx": "pip install tensorrt-rtx",
            "tensorrt": 'pip install "tensorrt>=10.14"   (from NVIDIA\'s index, https://pypi.nvidia.com)'}
 
 
 def import_tensorrt(flavour: str):
+    """engines.flavours.import_tensorrt, with the runtime's errors (what to install to run a bundle)."""
     if flavour not in MODULES:
         raise RuntimeSetupError(f"unknown TensorRT flavour {flavour!r} in the bundle (known: {', '.join(MODULES)})")
     try:
-        return importlib.import_module(MODULES[flavour])
+        return flavours.import_tensorrt(flavour)
     except ImportError as e:
-        raise MissingPackageError(f"a {flavour} bundle", MODULES[flavour], INSTALL[flavour], e) from None
+        raise MissingPackageError(f"a {flavour} bundle", MODULES[flavour], INSTALL[flavour], e.__cause__ or e) from None
 
 
 class TensorRTModel(LoadedModel):
