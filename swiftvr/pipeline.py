@@ -8,6 +8,9 @@ Protocols (swiftvr.chunks): "full" (ours, default) — the reference's offline c
 frame comes out, every pixel is kept, float -> uint8 rounds; "reference" — `restore_video` exactly
 (drops trailing frames, crops to multiples of 8, truncates); "reference-online" — `StreamSession`.
 
+Each chunk is swiftvr.chunks.run_chunk with the Restorer itself as the ChunkOps (torch tensors):
+the same step the runtime's Session and export.verify run on their own arrays.
+
 RoPE offsets: the reference shifts each chunk's temporal positions by its global latent index.
 Attention only sees position differences, so the offset cancels; ours uses 0 for every chunk (as
 the exported graphs, whose tables are constants), the reference protocols use the reference's.

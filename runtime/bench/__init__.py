@@ -35,6 +35,12 @@ uploads and downloads are not counted (python -m runtime.stream --benchmark coun
 The DiT's matmul FLOPs are counted from the shapes (dit_flops) and set against a matrix product
 measured on the same device, so the gap to the arithmetic ceiling is printed. The JSON (--json)
 holds the machine, the command line and every number; a short table is printed last.
+
+Files: this one is the command line; ladder.py measures (each chunk goes through
+swiftvr.chunks.run_chunk on the torch backend's Runner, the step a Session runs); machine.py
+probes the machine and its matmul / copy ceilings; report.py prints and writes the results; the
+FLOP model of the DiT is swiftvr/flops.py. `python -m runtime.stream --benchmark`
+(runtime/throughput.py) measures a whole Session instead, uploads and downloads included.
 """
 
 import argparse

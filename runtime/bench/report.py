@@ -3,8 +3,9 @@
 Every function reads the report dict that runtime/bench/ladder.py fills (nothing is measured here).
 """
 import json
-import os
 from pathlib import Path
+
+from engines.cache import atomic_write
 
 PAPER_H100 = {  # SwiftVR paper, one H100, PyTorch bf16, 24-frame chunks, stages sequential
     "1080p": {"encode_ms": 25.67, "dit_ms": 327.72, "decode_ms": 85.37, "fps": 54.42, "memory_gb": 29.26},
@@ -30,9 +31,7 @@ def write_json(report: dict, path: str | None) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(report, indent=1, default=str).encode())
 
 
 def describe_resolution(res, s, ceilings: dict | None) -> dict:
