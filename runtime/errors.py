@@ -17,6 +17,15 @@ class MissingPackageError(RuntimeSetupError, ImportError):
                          f"Install it with:\n  {pip}")
 
 
+def import_or_explain(module: str, what: str, pip: str):
+    """The module, or a MissingPackageError saying what needs it and how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPackageError(what, module, pip, e) from None
+
+
 class InputSizeError(RuntimeSetupError, ValueError):
     """Frames of a size the loaded model was not built for."""
 

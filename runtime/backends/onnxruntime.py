@@ -11,18 +11,14 @@ threads at once. Per-stream state (boundary states, history) lives in the Sessio
 import numpy as np
 
 from ..backend import LoadedModel
-from ..errors import MissingPackageError, RuntimeSetupError
+from ..errors import MissingPackageError, RuntimeSetupError, import_or_explain
 from ..lanes import StageStats, cpu_lanes
 from ..spec import dit_chains, export_dit_entries, pick_chain, spec_from_meta
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise MissingPackageError("the ONNX Runtime backend", "onnxruntime",
-                                  "pip install onnxruntime   (or onnxruntime-gpu for CUDA)", e) from None
-    return onnxruntime
+    return import_or_explain("onnxruntime", "the ONNX Runtime backend",
+                             "pip install onnxruntime   (or onnxruntime-gpu for CUDA)")
 
 
 class Graph:

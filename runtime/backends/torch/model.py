@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...backend import LoadedModel
-from ...errors import MissingPackageError, RuntimeSetupError
+from ...errors import RuntimeSetupError, import_or_explain
 from ...lanes import StageStats, cpu_lanes, cuda_lanes
 from ...nest import flatten
 from ...spec import ModelSpec
@@ -22,12 +22,8 @@ PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError as e:
-        raise MissingPackageError("the torch backend", "torch",
-                                  "pip install torch safetensors   (a CUDA build of torch for GPUs)", e) from None
-    return torch
+    return import_or_explain("torch", "the torch backend",
+                             "pip install torch safetensors   (a CUDA build of torch for GPUs)")
 
 
 def torch_dtype(torch, precision: str):
