@@ -73,14 +73,15 @@ class StreamRun:
 
 class BenchOps:
     """The chunk step's ChunkOps for the bench: a Runner whose chunks' frames are already on the
-    device (uploads and downloads are not measured here), whose emitted frames stay there with the
-    time their decode finished, and which can keep each chunk's DiT input and output."""
+    device (uploads and downloads are not measured here), whose emitted frames stay there, which
+    stamps each decode's end and can keep each chunk's DiT input and output."""
 
     def __init__(self, runner: Runner, keep: bool):
         self.runner, self.keep = runner, keep
-        self.encode, self.decode = runner.encode, runner.decode
+        self.encode = runner.encode
         self.concat, self.take_last, self.zeros = runner.concat, runner.take_last, runner.zeros
         self.dit_calls = []                  # (DiT input, DiT output) per chunk, if kept
+        self.stamps = []                     # per chunk: when its decode finished (see decode)
 
     def dit(self, latents, chunk):
         restored = self.runner.dit(latents, chunk)
@@ -88,14 +89,23 @@ class BenchOps:
             self.dit_calls.append((latents, restored))
         return restored
 
+    def decode(self, latents, state):
+        # On CPU lanes a chunk is done when its decode returns: the host time there. On CUDA lanes
+        # the stamp is an OnDevice whose event, recorded after the decode, is timed on the GPU.
+        kernels = self.runner.kernels
+
+        def decode_and_stamp(latents, state):
+            return (*kernels.decode(latents, state), time.perf_counter())
+        frames, state, stamp = self.runner.lanes["decode"].submit(decode_and_stamp, latents, state, outputs=3)
+        self.stamps.append(stamp)
+        return frames, state
+
     def emit(self, frames, start: int, count: int):
-        # Untimed, on the decode lane right after the decode: on CPU lanes the host time there is
-        # when the chunk is done; on CUDA lanes the event recorded with it is (OnDevice.event).
-        return self.runner.lanes["decode"].submit(_trim_and_stamp, frames, start, count, outputs=2, timed=False)
+        return self.runner.lanes["decode"].submit(_trim, frames, start, count, timed=False)
 
 
-def _trim_and_stamp(frames, start: int, count: int):
-    return frames[start:start + count], time.perf_counter()
+def _trim(frames, start: int, count: int):
+    return frames[start:start + count]
 
 
 def run_stream(tm: TorchModel, kernels, chunks: list, *, overlap: bool, in_flight: int,
@@ -115,19 +125,18 @@ def run_stream(tm: TorchModel, kernels, chunks: list, *, overlap: bool, in_fligh
     if [c.encode_frames for c in plan] != [len(frames) for frames in chunks]:
         raise ValueError(f"chunks of {[len(f) for f in chunks]} frames are not a FIRST chunk and MIDDLE chunks")
     state = StreamState(runner.zero_state("encoder"), runner.zero_state("decoder"))
-    pending, stamps, kept = [], [], []
+    pending, kept = [], []
     try:
         for chunk, frames in zip(plan, chunks):
             while len(pending) >= in_flight:        # bound the work under way, as a Session does
                 decode_lane.wait(pending.pop(0))
-            out, stamp = run_chunk(chunk, frames, ops, state)
-            stamps.append(stamp)
+            out = run_chunk(chunk, frames, ops, state)
             pending.append(out)
             if keep:
                 kept.append(out)
         while pending:
             decode_lane.wait(pending.pop(0))
-        marks = [stamp.event if isinstance(stamp, OnDevice) else decode_lane.wait(stamp) for stamp in stamps]
+        marks = [stamp.event if isinstance(stamp, OnDevice) else decode_lane.wait(stamp) for stamp in ops.stamps]
         outputs = [(runner.lanes["dit"].wait(z), runner.lanes["dit"].wait(hq), decode_lane.wait(out))
                    for (z, hq), out in zip(ops.dit_calls, kept)]
     finally:

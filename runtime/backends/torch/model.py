@@ -119,7 +119,7 @@ class TorchModel(LoadedModel):
     def _stage_functions(self) -> None:
         """encode_stage / dit_stage / decode_stage: the functions TorchKernels runs (or captures)."""
         torch, mode = self.torch, self.options.compile
-        self._encode_fn, self._decode_fn, self._call_block = self._encode, self._decode, None
+        self.encode_stage, self.decode_stage, self._call_block = self._encode, self._decode, None
         if mode:
             import torch._dynamo
             # One compiled block per (token grid, window layout) and one ReAE graph per chunk shape:
@@ -130,8 +130,8 @@ class TorchModel(LoadedModel):
             self._call_block = torch.compile(_call_block, mode=mode, dynamic=False)
             encode = torch.compile(self._encode, mode=mode, dynamic=False)
             decode = torch.compile(self._decode, mode=mode, dynamic=False)
-            self._encode_fn = lambda frames, state: encode(frames, _canonical_strides(torch, state))
-            self._decode_fn = lambda latents, state: decode(latents, _canonical_strides(torch, state))
+            self.encode_stage = lambda frames, state: encode(frames, _canonical_strides(torch, state))
+            self.decode_stage = lambda latents, state: decode(latents, _canonical_strides(torch, state))
 
     def _encode(self, frames, state):
         from swiftvr.pipeline import preprocess
@@ -144,17 +144,11 @@ class TorchModel(LoadedModel):
         frames, state = self.model.reae.decode(latents.transpose(1, 2), state)
         return to_uint8(frames, self.geom), state
 
-    def encode_stage(self, frames, state):
-        return self._encode_fn(frames, state)
-
     def dit_stage(self, latents):
         # With compile, each block runs through the one compiled _call_block (same operations).
         with attention_context(self.options):
             return self.model.transformer.restore(latents, self.cond, self.grid_plan(latents.shape),
                                                   call=self._call_block)
-
-    def decode_stage(self, latents, state):
-        return self._decode_fn(latents, state)
 
     def grid_plan(self, latent_shape):
         transformer = self.model.transformer
