@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engines.cache import DEFAULT_CACHE_DIR, EngineCache, atomic_write, cache_key, temp_path
+from engines.bundle import temp_path
+from engines.cache import DEFAULT_CACHE_DIR, EngineCache, atomic_write, cache_key
 from engines.export_folder import (ExportFolder, GraphSpec, count_attention_nodes, graph_sha256,
                                    load_graph_proto, weight_bytes)
 from engines.flavours import (attention_layer_types, check_build_machine, import_tensorrt, network_flags,

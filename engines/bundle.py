@@ -15,6 +15,7 @@ nothing behind and never a half bundle under the real name.
 Standard library only: the runtime imports this module and should not need onnx or TensorRT to
 read a manifest.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -82,27 +83,40 @@ def write_bundle(path, manifest: dict, members: list[tuple]) -> dict:
     manifest_sha = f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}\n".encode()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     now = time.time()
+    with atomic_file(path) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in ((MANIFEST, manifest_bytes), (MANIFEST_SHA, manifest_sha)):
+                tar.addfile(_tarinfo(name, len(data), now), io.BytesIO(data))
+            for name, src in members:
+                with open(src, "rb") as s:
+                    reader = _HashingReader(s)
+                    tar.addfile(_tarinfo(name, entries[name]["size"], now), reader)
+                if reader.sha.hexdigest() != entries[name]["sha256"]:
+                    raise BundleError(f"{src} does not have the sha256 it was given (changed while "
+                                      f"being bundled?)")
+    return manifest
+
+
+def temp_path(path: Path, pid: int) -> Path:
+    """Where process `pid` writes `path` before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file written under a temporary name and renamed to `path` once complete and synced:
+    all or nothing (the temporary file goes if anything fails)."""
+    tmp = temp_path(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name, data in ((MANIFEST, manifest_bytes), (MANIFEST_SHA, manifest_sha)):
-                    tar.addfile(_tarinfo(name, len(data), now), io.BytesIO(data))
-                for name, src in members:
-                    with open(src, "rb") as s:
-                        reader = _HashingReader(s)
-                        tar.addfile(_tarinfo(name, entries[name]["size"], now), reader)
-                    if reader.sha.hexdigest() != entries[name]["sha256"]:
-                        raise BundleError(f"{src} does not have the sha256 it was given (changed while "
-                                          f"being bundled?)")
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return manifest
 
 
 def _parse_manifest(path: Path, manifest_bytes: bytes, sha_line: bytes) -> dict:

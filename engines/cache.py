@@ -8,9 +8,9 @@ A hit re-hashes the engine file against the record, so a damaged entry is rebuil
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from engines.bundle import atomic_file
 from engines.export_folder import sha256_file
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -20,23 +20,10 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def temp_path(path: Path, pid: int) -> Path:
-    """Where process `pid` writes `path` before renaming it into place."""
-    return path.with_name(f".{path.name}.tmp-{pid}")
-
-
 def atomic_write(path: Path, data) -> None:
     """Write bytes (or any buffer) under a temporary name, then rename: all or nothing."""
-    tmp = temp_path(path, os.getpid())
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 class EngineCache:
