@@ -38,7 +38,7 @@ class BundleError(ValueError):
     pass
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
@@ -75,7 +75,7 @@ def write_bundle(path, manifest: dict, members: list[tuple]) -> dict:
     names = [m[0] for m in members]
     if len(set(names)) != len(names) or {MANIFEST, MANIFEST_SHA} & set(names) or any("/" in n for n in names):
         raise BundleError(f"bad member names {names}: they must be unique plain file names")
-    entries = {m[0]: {"size": Path(m[1]).stat().st_size, "sha256": m[2] if len(m) > 2 else _sha256_file(Path(m[1]))}
+    entries = {m[0]: {"size": Path(m[1]).stat().st_size, "sha256": m[2] if len(m) > 2 else sha256_file(Path(m[1]))}
                for m in members}
     members = [(m[0], Path(m[1])) for m in members]
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "members": entries}

@@ -19,6 +19,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from swiftvr.config import PRECISION_DTYPES
+
 from engines.build import build_engines
 from engines.bundle import write_bundle
 from engines.cache import DEFAULT_CACHE_DIR
@@ -28,7 +30,6 @@ from engines.flavours import MODULES
 from engines.profiles import GpuProfile, check_precision, get_profile
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
-FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def default_out(export: ExportFolder) -> Path:
@@ -43,7 +44,7 @@ def check_export_precision(export: ExportFolder, precision: str | None, profile:
                          f"engines take their precision from the graphs' dtypes, so re-export with "
                          f"--precision {precision}")
     check_precision(profile, precision)
-    want = FLOAT_DTYPES[precision]
+    want = PRECISION_DTYPES[precision]
     for spec in export.graphs:   # export.json agrees with itself: float I/O in the export precision
         for t in spec.inputs + spec.outputs:
             if t["dtype"].startswith(("float", "bfloat")) and t["dtype"] != want:

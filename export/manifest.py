@@ -2,11 +2,12 @@
 The format is docs/export-format.md."""
 from datetime import datetime, timezone
 
+from swiftvr.config import PRECISION_DTYPES
+
 from .settings import OPSET, ExportSettings
 from .weights import WeightSource
 
 FORMAT, VERSION = "swiftvr-export", 1
-NUMPY_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def build_manifest(source: WeightSource, settings: ExportSettings, graphs: dict, state: dict) -> dict:
@@ -17,7 +18,7 @@ def build_manifest(source: WeightSource, settings: ExportSettings, graphs: dict,
         "opset": OPSET,
         "model": source.describe(),
         "precision": settings.precision,
-        "dtype": NUMPY_DTYPE[settings.precision],
+        "dtype": PRECISION_DTYPES[settings.precision],
         "input_size": list(g.input_size), "output_size": list(g.output_size),
         "padded_size": list(g.padded_size), "latent_size": list(g.latent_size),
         "scale": settings.scale,

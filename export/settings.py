@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from swiftvr.chunks import check_settings, dit_latent_counts
+from swiftvr.config import PRECISION_DTYPES
 from swiftvr.sizes import FrameGeometry, frame_geometry, parse_size
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}
 SCALE_RANGE = (1.0, 4.0)
 OPSET = 23          # ONNX `Attention` exists from opset 23; TensorRT maps it to its fused attention
 

@@ -3,6 +3,9 @@ from dataclasses import dataclass, asdict, fields
 import json
 from pathlib import Path
 
+# Precision names, as every command line takes them -> dtype names (torch.<name>; numpy / ONNX alike).
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
 
 @dataclass(frozen=True)
 class DiTConfig:

@@ -19,11 +19,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .checkpoint import (INDEX_FILE, PROMPT_FILE, REAE_FILE, TRANSFORMER_DIR, WEIGHTS_FILE, SwiftVR)
-from .config import Preset, get_preset
+from .config import PRECISION_DTYPES, Preset, get_preset
 from .reae import ReAE, seeded_reae_state_dict
 from .transformer import SwiftVRTransformer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}
 SHARD_BYTES = 5 * 1024**3
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swiftvr.config import PRECISION_DTYPES as PRECISIONS
+
 from ...backend import LoadedModel
 from ...errors import RuntimeSetupError, import_or_explain
 from ...lanes import StageStats, cpu_lanes, cuda_lanes
@@ -17,8 +19,6 @@ from ...nest import flatten
 from ...spec import ModelSpec
 from .cudagraphs import CudaGraphStage
 from .options import TorchOptions, apply_options, attention_context
-
-PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def import_torch():
