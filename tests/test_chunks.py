@@ -1,7 +1,9 @@
 """The chunk protocol: the fixtures' plans, one output frame per input frame, streaming == whole."""
+import numpy as np
 import pytest
 
-from swiftvr.chunks import ChunkPlanner, OnlineReferencePlanner, dit_latent_counts, plan_chunks
+from swiftvr.chunks import (ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, dit_latent_counts,
+                            plan_chunks, run_chunk)
 
 
 def test_reference_plan_of_pipeline_fixture():
@@ -50,3 +52,54 @@ def test_overlap_one_needs_a_single_dit_shape():
 def test_bad_settings(clip_len, overlap):
     with pytest.raises(ValueError):
         ChunkPlanner(clip_len, overlap)
+
+
+class ListOps:
+    """run_chunk's ChunkOps on numpy latents [1, 1, n, 1, 1] whose values name the frames they
+    were encoded from (the first frame of each group of 4), so the test can read what went where."""
+
+    def __init__(self):
+        self.dit_inputs = []
+
+    def encode(self, frames, state):
+        return np.asarray(frames[::4], float).reshape(1, 1, -1, 1, 1), (state or 0) + 1
+
+    def dit(self, latents, chunk):
+        self.dit_inputs.append(latents.ravel().tolist())
+        return latents + 0.5
+
+    def decode(self, latents, state):
+        return np.repeat(latents.ravel(), 4), (state or 0) + 1
+
+    def emit(self, frames, start, count):
+        return frames[start:start + count]
+
+    def concat(self, a, b, stage):
+        return np.concatenate([a, b], axis=2)
+
+    def take_last(self, x, n, stage):
+        return x[:, :, -n:]
+
+    def zeros(self, like, n, stage):
+        return np.zeros((1, 1, n, 1, 1))
+
+
+def test_run_chunk_prefixes_from_the_history_and_keeps_only_the_chunks_own_latents():
+    chunks = plan_chunks(29, clip_len=8, overlap=0, keep_all_frames=False)
+    buffer, ops, state = FrameBuffer(), ListOps(), StreamState()
+    buffer.add(range(29))
+    out = [run_chunk(c, buffer.take(c), ops, state) for c in chunks]
+    # FIRST 12 frames, two MIDDLE of 8, then the LAST (frame 28 + 3 copies) after the 2 latents before it
+    assert ops.dit_inputs == [[0, 4, 8], [12, 16], [20, 24], [20, 24, 28]]
+    assert [len(o) for o in out] == [c.emit_frames for c in chunks] == [9, 8, 8, 4]
+    # the DiT output of the prefix is dropped: the LAST chunk decodes only its own latent
+    assert out[-1].tolist() == [28.5] * 4 and state.encoder == state.decoder == 4
+    assert state.history.ravel().tolist() == [24, 28] and chunks[-1].history_keep == 2    # clip_len / 4
+
+
+def test_a_clip_that_is_one_last_chunk_is_prefixed_with_zeros():
+    (chunk,) = plan_chunks(5, clip_len=8)
+    buffer, ops = FrameBuffer(), ListOps()
+    buffer.add(range(5))
+    out = run_chunk(chunk, buffer.take(chunk), ops, StreamState())
+    assert ops.dit_inputs == [[0, 0, 4]] and len(out) == 5
