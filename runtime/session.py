@@ -83,10 +83,12 @@ class Session:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.runner.close()
+            # Let go of the stream's arrays first: closing the runner waits for the lanes' work,
+            # then its Kernels free what this stream allocated (all of it, nothing in use remains).
             self.pending.clear()
             self.buffer.clear()
             self.state = None
+            self.runner.close()
 
     def __enter__(self):
         return self

@@ -1,5 +1,5 @@
-"""runtime/lanes.py's CudaLane and runtime/backends/cuda.py's pinned buffers, through fakes (no GPU):
-a TensorRT Session must give back every page-locked buffer it allocated."""
+"""runtime/lanes.py's CudaLane and runtime/backends/cuda.py's buffers and streams, through fakes
+(no GPU): a TensorRT Session must give back every page-locked buffer and stream it allocated."""
 import ctypes
 import types
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from runtime.backend import Runner
 from runtime.backends.cuda import Cuda, Event, PinnedPool
-from runtime.lanes import CudaLane, OnDevice, StageStats
+from runtime.lanes import CudaLane, OnDevice, StageStats, cuda_lanes
 
 
 class FakeCudart:
@@ -15,10 +15,11 @@ class FakeCudart:
     complete when synchronized (so a test can see close() wait for the last copy)."""
 
     cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorNotReady=600)
-    cudaEventDefault, cudaEventDisableTiming = 0, 2
+    cudaEventDefault, cudaEventDisableTiming, cudaStreamNonBlocking = 0, 2, 1
 
     def __init__(self):
         self.buffers, self.freed, self.events = {}, [], {}
+        self.streams, self.streams_destroyed = 0, []
 
     def cudaMallocHost(self, nbytes):
         buffer = (ctypes.c_uint8 * nbytes)()
@@ -48,6 +49,14 @@ class FakeCudart:
     def cudaEventDestroy(self, event):
         return (0,)
 
+    def cudaStreamCreateWithFlags(self, flags):
+        self.streams += 1
+        return 0, self.streams
+
+    def cudaStreamDestroy(self, stream):
+        self.streams_destroyed.append(stream)
+        return (0,)
+
 
 def fake_cuda() -> Cuda:
     cuda = Cuda.__new__(Cuda)            # no device: only the call wrapper and the runtime module
@@ -69,6 +78,14 @@ def test_pinned_pool_close_frees_every_buffer_it_allocated():
     pool.close()
     assert sorted(cuda.rt.freed) == sorted(cuda.rt.buffers)
     assert all(cuda.rt.events.values())         # the busy buffer's copy was waited for first
+
+
+def test_a_stream_is_destroyed_with_its_last_reference():
+    cuda = fake_cuda()
+    lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
+    assert cuda.rt.streams == len(lanes)
+    del lanes
+    assert sorted(cuda.rt.streams_destroyed) == list(range(1, cuda.rt.streams + 1))
 
 
 def test_runner_close_closes_the_lanes_then_the_kernels():

@@ -157,6 +157,14 @@ class Stream:
     def synchronize(self) -> None:
         self.cuda.call(self.cuda.rt.cudaStreamSynchronize, self.handle)
 
+    def __del__(self):
+        # Work still queued completes first (CUDA releases the stream after it). Arrays waiting to
+        # be freed on this stream hold it (Cuda._retired), so it outlives them.
+        try:
+            self.cuda.rt.cudaStreamDestroy(self.handle)
+        except Exception:        # interpreter shutdown
+            pass
+
 
 class Event:
     def __init__(self, cuda: Cuda, timing: bool):

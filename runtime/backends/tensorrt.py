@@ -211,8 +211,10 @@ class TensorRTKernels:
         return self._zeros((1, c, n, h, w), like.dtype)
 
     def close(self) -> None:
-        """Frees this stream's page-locked buffers (the lanes have finished their work)."""
+        """Frees this stream's page-locked buffers and the device arrays it has let go (the lanes
+        have finished their work)."""
         self.pinned.close()
+        self.cuda.collect()
 
 
 def _numpy_name(trt, dtype) -> str:
