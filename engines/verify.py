@@ -18,6 +18,7 @@ a missing package, no export folder).
 import argparse
 import contextlib
 import ctypes
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -171,8 +172,9 @@ def bundle_runners(bundle) -> dict:
         raise CannotRun(f"the engines were built with {MODULES[flavour]} {built}; this machine has "
                         f"{trt.__version__}, and engines load only in the version that built them")
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    return {e["name"]: TrtRunner(EngineFromBytes(bundle.read(e["member"])), name=f"{flavour}:{e['name']}")
-            for e in manifest["engines"]}
+    # The engine's bytes are read when its runner is activated (one at a time, not the whole bundle).
+    return {e["name"]: TrtRunner(EngineFromBytes(functools.partial(bundle.read, e["member"])),
+                                 name=f"{flavour}:{e['name']}") for e in manifest["engines"]}
 
 
 # ---- a stream through one set of runners ----------------------------------------------------------
@@ -275,7 +277,8 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
     """Print the report; True when every tolerance holds. CannotRun when it cannot run here."""
     from export.verify import TOLERANCES, run_stream
     from polygraphy.logger import G_LOGGER
-    G_LOGGER.module_severity = G_LOGGER.ERROR   # our report, not Polygraphy's per-output log
+    # Our report, not Polygraphy's per-output log (its failures raise PolygraphyException anyway).
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
 
     try:
         bundle = open_bundle(bundle_path)
@@ -361,10 +364,14 @@ def main(argv=None) -> int:
         a = p.parse_args(argv)
     except SystemExit as e:
         return 0 if e.code == 0 else 2
+    from polygraphy.exception import PolygraphyException
     try:
         return 0 if verify(a.bundle, a.export, max(3, a.chunks), a.seed, a.device) else 1
     except (CannotRun, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PolygraphyException as e:   # e.g. an engine this TensorRT cannot load
+        print(f"error: Polygraphy: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 

@@ -97,3 +97,14 @@ def test_gpu_bundle_refused_without_gpu(tmp_path, capsys):
     assert out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "tensorrt-rtx engines for rtx5090, which run only on an NVIDIA GPU" in err
     assert "no NVIDIA GPU" in err
+
+    # What would run on a GPU: Polygraphy TrtRunners over the engines' bytes, set up for TensorRT-RTX.
+    import tensorrt_rtx
+    from engines.bundle import open_bundle
+    from engines.verify import bundle_runners
+    with open_bundle(bundle) as opened:
+        runners = bundle_runners(opened)
+    assert {name: type(r).__name__ for name, r in runners.items()} == \
+        {"encoder": "TrtRunner", "dit": "TrtRunner", "decoder": "TrtRunner"}
+    from polygraphy.backend.trt import runner as trt_runner
+    assert trt_runner.trt.__version__ == tensorrt_rtx.__version__
