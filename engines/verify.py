@@ -184,9 +184,9 @@ class Chain:
     runner. Values between calls are numpy in the graph's dtype (bf16 carried as float32); `record`
     keeps every call's (graph, inputs, outputs)."""
 
-    def __init__(self, manifest: dict, runners: dict, record: bool = False):
+    def __init__(self, manifest: dict, runners: dict, record: bool = False, bf16_as_torch: bool = False):
         from runtime.spec import dit_chains
-        self.manifest, self.runners = manifest, runners
+        self.manifest, self.runners, self.bf16_as_torch = manifest, runners, bf16_as_torch
         self.engines = {e["name"]: e for e in manifest["engines"]}
         self.roles = {role: [e for e in manifest["engines"] if e["role"] == role] for role in ("encoder", "dit", "decoder")}
         self.dit_chains = dit_chains(self.roles["dit"])
@@ -200,7 +200,8 @@ class Chain:
         entry, runner = self.engines[name], self.runners[name]
         feeds = {t["name"]: np.ascontiguousarray(values[t["name"]], self.numpy_dtype(t["dtype"])) for t in entry["inputs"]}
         wanted = [t["name"] for t in entry["outputs"]]
-        outputs = {k: _to_numpy(v) for k, v in runner.infer(_for_runner(runner, feeds, entry)).items() if k in wanted}
+        given = _bf16_as_torch(feeds, entry) if self.bf16_as_torch else feeds
+        outputs = {k: _to_numpy(v) for k, v in runner.infer(given).items() if k in wanted}
         if self.calls is not None:
             self.calls.append((name, feeds, outputs))
         return outputs
@@ -227,10 +228,10 @@ class Chain:
         return out["frames"], self._next_state("decoder", out)
 
 
-def _for_runner(runner, feeds: dict, entry: dict) -> dict:
-    """TensorRT takes bf16 through torch tensors (numpy has no bf16); everything else as numpy."""
+def _bf16_as_torch(feeds: dict, entry: dict) -> dict:
+    """TrtRunner takes bf16 inputs as torch tensors (numpy has no bf16); the rest stays numpy."""
     bf16 = {t["name"] for t in entry["inputs"] if t["dtype"] == "bfloat16"}
-    if not bf16 or type(runner).__name__ != "TrtRunner":
+    if not bf16:
         return feeds
     import torch
     return {k: torch.from_numpy(v).to(torch.bfloat16) if k in bf16 else v for k, v in feeds.items()}
@@ -316,7 +317,7 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
                 active.enter_context(runner)
             want, planned = run_stream(reference, video, chunk["clip_len"], chunk["dit_overlap"])
 
-        candidate = Chain(manifest, bundle_runners(bundle))
+        candidate = Chain(manifest, bundle_runners(bundle), bf16_as_torch=target["flavour"] != "onnx")
         per_graph = {}
         with contextlib.ExitStack() as active:
             for runner in candidate.runners.values():
@@ -335,13 +336,13 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
         if name not in per_graph:
             print(f"  {name:<18}{0:>6}  not called by this stream (more chunks, or another overlap, would)")
             continue
-        reference, candidate = per_graph[name]
-        result = compare(reference, candidate, tolerances, REFERENCE, "bundle")
+        reference_outputs, bundle_outputs = per_graph[name]
+        result = compare(reference_outputs, bundle_outputs, tolerances, REFERENCE, "bundle")
         output = max(result, key=lambda k: result[k][0] / result[k][1] if result[k][1] else result[k][0])
         ok = all(r[2] for r in result.values())
         failed += not ok
         err, tol, _ = result[output]
-        print(f"  {name:<18}{len(reference):>6}  {output:<22}{err:>11.3g}{tol:>11.3g}  {'ok' if ok else 'FAIL'}")
+        print(f"  {name:<18}{len(reference_outputs):>6}  {output:<22}{err:>11.3g}{tol:>11.3g}  {'ok' if ok else 'FAIL'}")
     end = compare([{"frames": want}], [{"frames": got}], tolerances, REFERENCE, "bundle")["frames"]
     failed += not end[2]
     differ = float(np.mean(got != want)) if got.shape == want.shape else 1.0
