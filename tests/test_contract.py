@@ -47,10 +47,12 @@ def trace_each_graph_once(folder: Path):
     """The six exports share graphs: the ReAE graphs depend only on the sizes and clip_len (the same
     for all), a DiT part only on its blocks and latent count. Tracing is most of an export's time
     (~7 s per graph on this machine), so each distinct graph is traced once, saved, and loaded back
-    for the next export that needs it; every export still writes its own folder and export.json."""
+    for the next export that needs it (and the seeded ReAE is drawn once); every export still
+    writes its own folder and export.json."""
     import onnx_ir as ir
     from export import exporter
     from export.onnx_graph import save
+    from export.weights import WeightSource
 
     made = {}
 
@@ -68,7 +70,14 @@ def trace_each_graph_once(folder: Path):
 
     def reae_key(role):
         return lambda reae, s: f"{role}-{s.geometry.input_size}-{s.geometry.output_size}-{s.clip_len}-{s.precision}"
+    reaes, draw_reae = {}, WeightSource.reae
+
+    def reae_once(source):
+        if repr(source) not in reaes:
+            reaes[repr(source)] = draw_reae(source)
+        return reaes[repr(source)]
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WeightSource, "reae", reae_once)
         patch.setattr(exporter, "encoder_onnx", once(exporter.encoder_onnx, reae_key("encoder")))
         patch.setattr(exporter, "decoder_onnx", once(exporter.decoder_onnx, reae_key("decoder")))
         patch.setattr(exporter, "dit_onnx", once(exporter.dit_onnx, lambda cfg, part, cond, shape, dtype:
@@ -84,8 +93,9 @@ def make_layouts(root: Path) -> dict:
 
     source = random_source("tiny", 0)
     w, h = make_settings(TINY_RES, scale=TINY_SCALE).geometry.input_size
-    # 9 frames with clip_len 4: a FIRST chunk (8 frames), then a LAST one of 1 frame (front-padded)
-    frames = np.random.default_rng(0).integers(0, 256, (9, h, w, 3), dtype=np.uint8)
+    # 13 frames with clip_len 4: FIRST (8 frames), MIDDLE (4: the DiT call that differs between
+    # overlap 0 and 1), LAST (1 frame, front-padded)
+    frames = np.random.default_rng(0).integers(0, 256, (13, h, w, 3), dtype=np.uint8)
     results = {}
     (root / "traced").mkdir(exist_ok=True)
     with trace_each_graph_once(root / "traced"):
@@ -123,7 +133,7 @@ def test_split_dit_restores_like_the_whole_dit(tiny_layouts, parts, overlap):
     _, split, plan = tiny_layouts[parts, overlap]
     # The parts compute the same float32 ops as the whole graph, with the block boundary tensor
     # passed between sessions instead of inside one: nothing in the math changes.
-    assert split.shape == whole.shape == (9, 32, 64, 3)
+    assert split.shape == whole.shape == (13, 32, 64, 3)
     np.testing.assert_array_equal(split, whole)
     counts = [1, 2] if overlap == 0 else [2]
     assert [line.split()[1] for line in plan if line.lstrip().startswith("dit F=")] == \
@@ -132,7 +142,7 @@ def test_split_dit_restores_like_the_whole_dit(tiny_layouts, parts, overlap):
 
 
 def test_overlap_changes_the_frames(tiny_layouts):
-    """Both protocols really ran: overlap 1 gives the MIDDLE/LAST DiT calls other context."""
+    """Both protocols really ran: overlap 1 gives the MIDDLE chunk's DiT call other context."""
     assert not np.array_equal(tiny_layouts[1, 0][1], tiny_layouts[1, 1][1])
 
 
