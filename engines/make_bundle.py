@@ -115,7 +115,7 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "sizes": {k: meta.get(k) for k in ("input_size", "output_size", "padded_size", "latent_size", "scale")}
                  | {"resolution": export.resolution_name},
         "chunk": meta.get("chunk"),
-        "state": meta.get("state"),
+        "state": export.contract.to_json()[1],     # the state pairs, as export/contract.py read them
         "engines": engines,
     }
     contract_from_manifest(manifest, str(out))   # the runtime can build its plan from what is written
