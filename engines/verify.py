@@ -185,11 +185,10 @@ class Chain:
     keeps every call's (graph, inputs, outputs)."""
 
     def __init__(self, manifest: dict, runners: dict, record: bool = False, bf16_as_torch: bool = False):
-        from runtime.spec import dit_chains
+        from export.contract import contract_from_manifest
         self.manifest, self.runners, self.bf16_as_torch = manifest, runners, bf16_as_torch
         self.engines = {e["name"]: e for e in manifest["engines"]}
-        self.roles = {role: [e for e in manifest["engines"] if e["role"] == role] for role in ("encoder", "dit", "decoder")}
-        self.dit_chains = dit_chains(self.roles["dit"])
+        self.contract = contract_from_manifest(manifest, "the bundle manifest")
         self.calls = [] if record else None
 
     @staticmethod
@@ -207,24 +206,23 @@ class Chain:
         return outputs
 
     def zero_state(self, which: str) -> dict:
-        return {s["input"]: np.zeros(s["shape"], self.numpy_dtype(s["dtype"])) for s in self.manifest["state"][which]}
+        return {s.input: np.zeros(s.shape, self.numpy_dtype(s.dtype)) for s in self.contract.state[which]}
 
     def _next_state(self, which: str, outputs: dict) -> dict:
-        return {s["input"]: outputs[s["output"]] for s in self.manifest["state"][which]}
+        return {s.input: outputs[s.output] for s in self.contract.state[which]}
 
     def encode(self, frames, state):
-        out = self.call(self.roles["encoder"][0]["name"], {"frames": frames, **state})
+        out = self.call(self.contract.encoder.name, {"frames": frames, **state})
         return out["latents"], self._next_state("encoder", out)
 
     def dit(self, latents):
-        from runtime.spec import pick_chain
         values = {"latents": latents}
-        for part in pick_chain(self.dit_chains, latents.shape[2]):
-            values.update(self.call(part["name"], values))
+        for part in self.contract.chain(latents.shape[2]):
+            values.update(self.call(part.name, values))
         return values["restored"], {k: v for k, v in values.items() if k.startswith("hidden")}
 
     def decode(self, latents, state):
-        out = self.call(self.roles["decoder"][0]["name"], {"latents": latents, **state})
+        out = self.call(self.contract.decoder.name, {"latents": latents, **state})
         return out["frames"], self._next_state("decoder", out)
 
 
