@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
     report("input_size", swiftvr_model_input_size(model, &width, &height));
     report("output_size", swiftvr_model_output_size(model, &out_width, &out_height));
     report("clip_len", swiftvr_model_clip_len(model, &clip_len));
-    printf("sizes\t%dx%d\t%dx%d %d\n", width, height, out_width, out_height, clip_len);
+    printf("sizes\t0\t%dx%d %dx%d %d\n", width, height, out_width, out_height, clip_len);
     report("input_size_null", swiftvr_model_input_size(NULL, &width, &height));
     report("session_null_model", swiftvr_session_open(NULL, NULL, &session));
     report("session_null_result", swiftvr_session_open(model, NULL, NULL));
