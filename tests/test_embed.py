@@ -109,8 +109,8 @@ def test_yuv420p_input_is_the_documented_conversion(build, cpu_bundle):
     solid = np.broadcast_to(np.array([[0, 0, 0], [255, 255, 255], [200, 30, 60], [20, 180, 240]], np.uint8)
                             [:, None, None], (4, SIZE[1], SIZE[0], 3))
     assert np.abs(yuv420p_to_rgb(rgb_to_yuv420p(solid), *SIZE).astype(int) - solid).max() <= 2
-    as_yuv = run(build / "restore_raw", cpu_bundle, RAW_SIZE, "--yuv420p", stdin=yuv.tobytes())
     as_rgb = run(build / "restore_raw", cpu_bundle, RAW_SIZE, stdin=rgb.tobytes())
+    as_yuv = run(build / "restore_raw", cpu_bundle, RAW_SIZE, "--yuv420p", stdin=yuv.tobytes())
     assert as_yuv.returncode == 0 and as_rgb.returncode == 0, as_yuv.stderr.decode() + as_rgb.stderr.decode()
     assert as_yuv.stdout == as_rgb.stdout
 
@@ -215,21 +215,25 @@ def own_leaks(report: str) -> list[str]:
 
 def test_address_sanitizer_finds_no_invalid_access_or_leak_in_the_library(asan_build, cpu_bundle, tmp_path):
     # Invalid accesses: the whole stream through the instrumented library, frames still right.
+    # Leaks: every API path (check_api). Python is never finalized and its extension modules keep
+    # allocations to the end, so only records that involve the library's own code count. The leak
+    # scan is slow (it reads every writable page of numpy's and ONNX Runtime's libraries), so the
+    # stream run below goes on meanwhile.
+    truncated = tmp_path / "truncated.plan"
+    truncated.write_bytes(cpu_bundle.read_bytes()[:1_000_000])
+    leak_run = subprocess.Popen([str(asan_build / "check_api"), str(cpu_bundle), str(truncated), str(truncated)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:symbolize=0"})
+    # Invalid accesses: the whole stream through the instrumented library, frames still right.
     frames = moving_frames(19, *SIZE, seed=7)
     done = run(asan_build / "restore_raw", cpu_bundle, RAW_SIZE, "--batch", 3, stdin=frames.tobytes(),
                env={"ASAN_OPTIONS": "detect_leaks=0"}, timeout=300)
     assert done.returncode == 0 and b"AddressSanitizer" not in done.stderr, done.stderr.decode()[-4000:]
     assert done.stdout == stream_output(cpu_bundle, frames)
-    # Leaks: every API path (check_api). Python is never finalized and its extension modules keep
-    # allocations to the end, so only records that involve the library's own code count. The leak
-    # scan is slow here (it reads every writable page of numpy's and ONNX Runtime's libraries).
-    truncated = tmp_path / "truncated.plan"
-    truncated.write_bytes(cpu_bundle.read_bytes()[:1_000_000])
-    done = run(asan_build / "check_api", cpu_bundle, truncated, truncated,
-               env={"ASAN_OPTIONS": "detect_leaks=1:symbolize=0"}, timeout=300)
-    report = done.stderr.decode()
+    stdout, stderr = leak_run.communicate(timeout=300)
+    report = stderr.decode()
     assert "ERROR: AddressSanitizer" not in report.replace("ERROR: LeakSanitizer", ""), report[-4000:]
-    assert done.stdout.decode().count("\n") > 30, report[-4000:]
+    assert stdout.decode().count("\n") > 30, report[-4000:]
     assert own_leaks(report) == [], own_leaks(report)[:3]
 
 
