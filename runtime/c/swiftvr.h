@@ -30,8 +30,9 @@
  *
  * Threads. All functions may be called from any thread. A model is shared read-only by any number
  * of sessions, in any threads. A session is used by one thread at a time. Sessions on different
- * threads make progress together: the library holds Python's interpreter lock only while it runs
- * Python code, never while a backend computes.
+ * threads make progress together: the library takes Python's interpreter lock only around its calls
+ * into the runtime (copies and callbacks run without it), and the backends let go of it while they
+ * compute (ONNX Runtime's run, TensorRT's and torch's kernels). tests/test_embed.py checks this.
  *
  * Finding Python (on the first swiftvr_model_open). SWIFTVR_PYTHON_HOME: the project's virtual
  * environment (the folder with pyvenv.cfg and bin/python); SWIFTVR_ROOT: the project folder
