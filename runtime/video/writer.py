@@ -1,0 +1,448 @@
+"""VideoWriter: uint8 RGB chunks encoded to a file, image sequence, raw stdout or URL."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from .info import (
+    CRF_ENCODERS,
+    DEFAULT_CRF,
+    DEFAULT_QSCALE,
+    FF_QP2LAMBDA,
+    FULL_RANGE,
+    IMAGE_ENCODERS,
+    LIMITED_RANGE,
+    PRINTF_PATTERN,
+    QSCALE_ENCODERS,
+    STREAM_FORMAT_BY_SCHEME,
+    SWS_COLORSPACE_BY_TAG,
+    UNSPECIFIED_COLORSPACE,
+    VideoError,
+    VideoInfo,
+    classify,
+)
+from .reader import AudioPassthrough, VideoReader
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def _encoder_exists(name: str) -> bool:
+    try:
+        av.Codec(name, "w")
+        return True
+    except Exception:  # PyAV raises UnknownCodecError (a ValueError) or a plain error
+        return False
+
+
+def _video_encoder_candidates(container_format: str) -> list[str]:
+    # H.264 plays everywhere; WebM only allows VP8/VP9/AV1.
+    if container_format == "webm":
+        return ["libvpx-vp9", "libvpx", "libsvtav1"]
+    return ["libx264", "libx265", "libvpx-vp9", "mpeg4"]
+
+
+def _chroma_subsampled(pix_fmt: str) -> tuple[bool, bool]:
+    """(horizontally, vertically) subsampled chroma, e.g. (True, True) for yuv420p."""
+    fmt = av.VideoFormat(pix_fmt, 2, 2)
+    chroma = [c for c in fmt.components if c.is_chroma]
+    return any(c.width < 2 for c in chroma), any(c.height < 2 for c in chroma)
+
+
+def choose_pix_fmt(codec: str, width: int, height: int, requested: str | None = None) -> str:
+    """Pixel format for an encoder and output size.
+
+    yuv420p plays everywhere but halves the chroma resolution, so it needs even
+    dimensions. For odd sizes we use yuv444p (full chroma, every pixel kept) rather than
+    cropping or padding; H.264 4:4:4 needs a player with High 4:4:4 support (FFmpeg, VLC,
+    mpv, Chrome do; some hardware players don't).
+    """
+    try:
+        supported = [f.name for f in (av.Codec(codec, "w").video_formats or [])]
+    except Exception:
+        supported = []
+    odd_width, odd_height = width % 2 == 1, height % 2 == 1
+    if requested is not None:
+        if supported and requested not in supported:
+            raise VideoError(f"encoder {codec} cannot take pix_fmt {requested}; it supports {', '.join(supported)}")
+        sub_w, sub_h = _chroma_subsampled(requested)
+        if (odd_width and sub_w) or (odd_height and sub_h):
+            raise VideoError(
+                f"pix_fmt {requested} subsamples chroma and needs even dimensions, but the output is "
+                f"{width}x{height}; use yuv444p or an even size"
+            )
+        return requested
+    preferred = ["yuv444p"] if (odd_width or odd_height) else ["yuv420p"]
+    for name in preferred:
+        if not supported or name in supported:
+            return name
+    for name in supported:
+        sub_w, sub_h = _chroma_subsampled(name)
+        if not ((odd_width and sub_w) or (odd_height and sub_h)):
+            return name
+    raise VideoError(
+        f"encoder {codec} has no pixel format for the odd size {width}x{height}; "
+        "use libx264/libx265/libvpx-vp9, an even size, or a PNG sequence"
+    )
+
+
+def _output_color_tags(info: VideoInfo, pix_fmt: str) -> dict[str, int]:
+    """The input's colour tags, adjusted to what the output pixel format can mean.
+
+    The matrix tag describes how YUV encodes RGB: an RGB-coded source (colorspace "rgb")
+    written as YUV gets the swscale default matrix, so its tag becomes unspecified; an
+    RGB output format is tagged "rgb". Full-range "yuvj" formats are full range.
+    """
+    colorspace, color_range = info.colorspace, info.color_range
+    if av.VideoFormat(pix_fmt).is_rgb:
+        colorspace, color_range = 0, FULL_RANGE
+    elif colorspace == 0:
+        colorspace = UNSPECIFIED_COLORSPACE
+    if pix_fmt.startswith("yuvj"):
+        color_range = FULL_RANGE
+    return {
+        "color_primaries": info.color_primaries,
+        "color_trc": info.color_trc,
+        "colorspace": colorspace,
+        "color_range": color_range,
+    }
+
+
+def _encoder_options(codec: str, crf: int | None, target: str) -> dict[str, str]:
+    """Constant-quality settings for a video encoder."""
+    options = {}
+    if codec in CRF_ENCODERS:
+        options["crf"] = str(DEFAULT_CRF if crf is None else crf)
+    elif crf is not None:
+        raise VideoError(f"encoder {codec} has no CRF setting; leave --crf unset", source=target)
+    if codec in ("libvpx-vp9", "libvpx"):
+        # Constant quality needs a zero target bitrate; speed 4 and row threading keep
+        # VP9 from being far slower than x264 at similar quality.
+        options.update({"b": "0", "cpu-used": "4", "row-mt": "1"})
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"
+    return options
+
+
+class VideoWriter:
+    """Encodes uint8 RGB frames [t, H, W, 3] to a file, image sequence, stdout or URL.
+
+    File outputs are written to ".<name>.partial<ext>" beside the target and renamed
+    onto the target by close() (or abort()), so the target name only ever holds a
+    finished, playable file. discard() (and leaving a `with` block by an exception)
+    removes the partial file instead.
+
+    Video: constant frame rate at info.fps exactly (stream time base 1/fps, pts = frame
+    index), colour tags, sample aspect ratio and rotation copied from info. Default
+    encoder libx264 (VP9 for .webm) at CRF 18, yuv420p, or yuv444p for odd sizes
+    (see choose_pix_fmt).
+    Audio: with audio_from=reader, the reader's first audio stream is copied packet for
+    packet (no re-encoding), shifted by the same amount as the video so sync is kept.
+    Image sequences and raw stdout carry no audio.
+
+    Targets: "-" (raw RGB24 on stdout); a URL (container from the scheme: flv for rtmp,
+    mpegts for srt/udp/tcp; else pass container_format); a directory, a path without
+    extension or a pattern like out/%05d.png (an image sequence numbered from 1, format
+    from the extension: png, jpg, bmp, tif); anything else is a video file whose format
+    comes from the extension or container_format. `options` go to the muxer (e.g.
+    {"movflags": "+faststart"}).
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike,
+        info: VideoInfo,
+        *,
+        width: int,
+        height: int,
+        codec: str | None = None,
+        crf: int | None = None,
+        pix_fmt: str | None = None,
+        audio_from: VideoReader | None = None,
+        container_format: str | None = None,
+        options: dict[str, str] | None = None,
+    ):
+        self.target = str(target)
+        self.info = info
+        self.width, self.height = int(width), int(height)
+        self.fps = Fraction(info.fps)
+        self.frames_written = 0
+        self.state = "open"  # -> "closed" | "aborted" | "discarded"
+        self._lock = threading.Lock()
+        self._container = None
+        self._pipe = None
+        self._audio: AudioPassthrough | None = None
+        self._audio_stream = None
+        self._partial_path: str | None = None
+        self._reformatter = VideoReformatter()
+
+        if self.width < 1 or self.height < 1:
+            raise VideoError(f"output size must be positive, got {width}x{height}", source=self.target)
+        self.kind = classify(self.target, writing=True, container_format=container_format)
+        if self.kind == "pipe":
+            self.codec, self.pix_fmt = "rawvideo", "rgb24"
+            self._pipe = sys.stdout.buffer
+            return
+
+        try:
+            self._open_container(codec, crf, pix_fmt, container_format, options)
+            if audio_from is not None and audio_from.audio_stream is not None and self.kind in ("file", "url"):
+                self._add_audio(audio_from)
+        except BaseException:
+            self._drop_container()
+            raise
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _open_container(self, codec, crf, pix_fmt, container_format, options) -> None:
+        if self.kind == "images":
+            self._open_image_sequence(codec, pix_fmt)
+            return
+        self._container = self._open_muxer(container_format, options)
+        stream = self._add_video_stream(codec)
+        self.pix_fmt = choose_pix_fmt(self.codec, self.width, self.height, pix_fmt)
+        stream.codec_context.options.update(_encoder_options(self.codec, crf, self.target))
+        self._setup_video_stream(stream, _output_color_tags(self.info, self.pix_fmt))
+        stream.time_base = 1 / self.fps
+        if self.info.sample_aspect_ratio:
+            stream.codec_context.sample_aspect_ratio = self.info.sample_aspect_ratio
+        if self.info.rotation:
+            stream.set_display_rotation(self.info.rotation)
+
+    def _open_muxer(self, container_format, options):
+        """A URL is opened as it is; a file under its temporary name beside the target."""
+        if self.kind == "url":
+            scheme = self.target.split(":", 1)[0].lower()
+            fmt = container_format or STREAM_FORMAT_BY_SCHEME.get(scheme)
+            path = self.target
+        else:
+            directory, name = os.path.split(os.path.abspath(self.target))
+            if not os.path.isdir(directory):
+                raise VideoError(f"output directory does not exist: {directory}", source=self.target)
+            stem, ext = os.path.splitext(name)
+            self._partial_path = os.path.join(directory, f".{stem}.partial{ext}")
+            fmt, path = container_format, self._partial_path
+        try:
+            return av.open(path, "w", format=fmt, container_options=dict(options or {}))
+        except (av.FFmpegError, ValueError, OSError) as error:
+            hint = " (name the container with container_format=...)" if fmt is None else ""
+            raise VideoError(f"cannot open {self.target} for writing: {error}{hint}", source=self.target) from error
+
+    def _add_video_stream(self, codec):
+        # The muxer is the authority on what it can hold: PyAV's add_stream asks it, and
+        # (unlike supported_codecs) accepts codecs it has no opinion on, like H.264 in MPEG-TS.
+        candidates = [codec] if codec else _video_encoder_candidates(self._container.format.name)
+        for name in candidates:
+            if not _encoder_exists(name):
+                continue
+            try:
+                stream = self._container.add_stream(name, rate=self.fps)
+            except ValueError:
+                continue
+            self.codec = name
+            return stream
+        which = f"encoder {codec!r}" if codec else f"any of the encoders {candidates}"
+        raise VideoError(
+            f"{self._container.format.name} output cannot use {which} with this PyAV build", source=self.target
+        )
+
+    def _setup_video_stream(self, stream, color_tags: dict[str, int] | None) -> None:
+        """Size, rate, fixed quantiser and colour tags: the same for videos and image sequences."""
+        stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
+        ctx = stream.codec_context
+        ctx.time_base = 1 / self.fps
+        if self.codec in QSCALE_ENCODERS:
+            ctx.qscale = True
+            ctx.global_quality = DEFAULT_QSCALE * FF_QP2LAMBDA
+        self._video_stream = stream
+        self._color_tags = color_tags
+        for name, value in (color_tags or {}).items():
+            setattr(ctx, name, value)
+        # RGB -> YUV with the matrix and range the tags announce, so players decode the
+        # colours we meant (unspecified tags use swscale's default, as the reader did).
+        tags = color_tags or {}
+        self._dst_colorspace = SWS_COLORSPACE_BY_TAG.get(tags.get("colorspace"))
+        range_tag = tags.get("color_range")
+        self._dst_color_range = range_tag if range_tag in (LIMITED_RANGE, FULL_RANGE) else None
+
+    def _open_image_sequence(self, codec, pix_fmt) -> None:
+        target = self.target
+        if PRINTF_PATTERN.search(os.path.basename(target)):
+            pattern = target
+        else:
+            # ffmpeg numbers image sequences from 1; so do we.
+            pattern = os.path.join(target, "%08d.png")
+        directory = os.path.dirname(pattern) or "."
+        os.makedirs(directory, exist_ok=True)
+        ext = os.path.splitext(pattern)[1].lower()
+        if ext not in IMAGE_ENCODERS:
+            raise VideoError(f"image sequences can be written as {', '.join(IMAGE_ENCODERS)}, not {ext!r}", source=target)
+        default_codec, default_pix_fmt = IMAGE_ENCODERS[ext]
+        self.codec = codec or default_codec
+        self.pix_fmt = pix_fmt or default_pix_fmt
+        self.pattern = pattern
+        try:
+            # atomic_writing: each image appears complete under its name or not at all.
+            self._container = av.open(
+                pattern, "w", format="image2", container_options={"start_number": "1", "atomic_writing": "1"}
+            )
+            stream = self._container.add_stream(self.codec, rate=self.fps)
+        except (av.FFmpegError, ValueError, OSError) as error:
+            raise VideoError(f"cannot write images to {pattern}: {error}", source=target) from error
+        # Image files follow the encoder's own colour conventions (sRGB, JFIF): no tags.
+        self._setup_video_stream(stream, None)
+
+    def _add_audio(self, reader: VideoReader) -> None:
+        template = reader.audio_stream
+        try:
+            self._audio_stream = self._container.add_stream_from_template(template)
+        except ValueError as error:
+            name = template.codec_context.name
+            raise VideoError(
+                f"{self._container.format.name} cannot hold the input's {name} audio without re-encoding "
+                f"({error}); write to .mkv (holds any audio) or .mp4/.mov instead",
+                source=self.target,
+            ) from error
+        self._audio = reader.share_audio()
+        # Shift audio like the video: the output video starts at 0, the input's first
+        # frame was at info.start_time.
+        self._audio_shift = self.info.start_time
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode frames, uint8 [t, H, W, 3] RGB (or one frame [H, W, 3])."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
+            raise VideoError(
+                f"write() takes uint8 frames [t, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}",
+                source=self.target,
+            )
+        with self._lock:
+            if self.state != "open":
+                raise VideoError(f"{self.target}: writer is already {self.state}", source=self.target)
+            try:
+                if self._pipe is not None:
+                    self._pipe.write(np.ascontiguousarray(frames).data)
+                    self.frames_written += len(frames)
+                    return
+                for image in frames:
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                    frame = self._reformatter.reformat(
+                        frame,
+                        format=self.pix_fmt,
+                        dst_colorspace=self._dst_colorspace,
+                        dst_color_range=self._dst_color_range,
+                    )
+                    for name, value in (self._color_tags or {}).items():
+                        setattr(frame, name, value)
+                    frame.pts = self.frames_written
+                    frame.time_base = 1 / self.fps
+                    self._container.mux(self._video_stream.encode(frame))
+                    self.frames_written += 1
+                self._mux_audio(until=self.frames_written / self.fps)
+            except (av.FFmpegError, OSError, ValueError) as error:
+                raise VideoError(
+                    f"{self.target}: writing failed at frame {self.frames_written}: {error}",
+                    source=self.target,
+                    frame_index=self.frames_written,
+                ) from error
+
+    def _mux_audio(self, until: Fraction | None) -> None:
+        if self._audio is None:
+            return
+        for packet in self._audio.take(until, shift=self._audio_shift):
+            shift_ticks = round(self._audio_shift / packet.time_base)
+            if packet.pts is not None:
+                packet.pts -= shift_ticks
+            if packet.dts is not None:
+                packet.dts -= shift_ticks
+            packet.stream = self._audio_stream  # mux() rescales to the output stream's time base
+            self._container.mux(packet)
+
+    def _finish_container(self, audio_until: Fraction | None) -> None:
+        self._container.mux(self._video_stream.encode(None))
+        self._mux_audio(until=audio_until)
+        self._container.close()
+        self._container = None
+
+    def close(self) -> None:
+        """Flush and finalise; file outputs are renamed onto the target name."""
+        self._finish("closed")
+
+    def abort(self) -> None:
+        """Finalise what was written so far into a playable output (on Ctrl-C).
+
+        Audio is cut where the video ends. Safe to call from another thread than the
+        one writing: it waits for the chunk being encoded to finish, and later write()
+        calls raise VideoError. With no frames written, nothing is left behind.
+        """
+        self._finish("aborted")
+
+    def _finish(self, state: str) -> None:
+        with self._lock:
+            if self.state != "open":
+                return
+            self.state = state
+            try:
+                if self._pipe is not None:
+                    self._pipe.flush()
+                    return
+                if self.frames_written == 0:
+                    self._drop_container()
+                    if state == "closed":
+                        raise VideoError(f"{self.target}: no frames were written", source=self.target, frame_index=0)
+                    return
+                # close() copies all audio the reader demuxed (the input may have audio past
+                # its last frame); abort() stops with the video.
+                audio_until = None if state == "closed" else self.frames_written / self.fps
+                self._finish_container(audio_until)
+                if self._audio is not None:
+                    self._audio.close()
+                if self._partial_path is not None:
+                    os.replace(self._partial_path, self.target)
+            except (av.FFmpegError, OSError, ValueError) as error:
+                self._drop_container()
+                raise VideoError(f"{self.target}: finalising failed: {error}", source=self.target) from error
+            except BaseException:
+                self._drop_container()
+                raise
+
+    def discard(self) -> None:
+        """Stop without producing a file: the partial output is deleted."""
+        with self._lock:
+            if self.state != "open":
+                return
+            self.state = "discarded"
+            self._drop_container()
+
+    def _drop_container(self) -> None:
+        if self._audio is not None:
+            self._audio.close()
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a broken muxer may fail too; the file goes anyway
+                pass
+            self._container = None
+        if self._partial_path is not None and os.path.exists(self._partial_path):
+            os.remove(self._partial_path)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # An exception must not leave a half-written file under the target name.
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
