@@ -82,6 +82,12 @@ class AudioPassthrough:
 # Reading
 
 
+def _frame_time(frame) -> Fraction | None:
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return frame.pts * Fraction(frame.time_base)
+
+
 class _Damage(Exception):
     """Corruption spotted by us rather than by FFmpeg (flags on packets or frames)."""
 
@@ -120,7 +126,10 @@ class VideoReader:
         self._audio_shared = False
         self._started = False
         self._pending_error: VideoError | None = None
-        self._peeked: list[np.ndarray] = []
+        self._peeked: list[tuple[np.ndarray, Fraction | None]] = []  # (image, stream time) decoded ahead
+        self._start_time = Fraction(0)
+        self._last_time: Fraction | None = None  # of the last frame handed out, from the start
+        self._time_offset = Fraction(0)  # added after a timestamp jump back (concatenated streams)
         self._container = None
         self._reformatter = VideoReformatter()
         self._frame_size: tuple[int, int] | None = None
@@ -149,7 +158,7 @@ class VideoReader:
 
     def _open_stdin(self, raw_size, raw_fps) -> None:
         if raw_size is None or raw_fps is None:
-            raise VideoError("reading raw RGB24 frames from stdin needs raw_size=(W, H) and raw_fps", source="-")
+            raise VideoError("reading raw RGB24 frames from stdin needs their size and rate (--raw-size WxH --raw-fps RATE)", source="-")
         width, height = parse_size(raw_size) if isinstance(raw_size, str) else (int(raw_size[0]), int(raw_size[1]))
         fps = parse_rate(raw_fps)
         if sys.stdin is None:
@@ -181,7 +190,7 @@ class VideoReader:
             pix_fmt="rgb24",
             codec=files[0].suffix.lower().lstrip("."),
         )
-        self._peeked = [first]
+        self._peeked = [(first, None)]
         self._frames = self._read_images(files[1:])
 
     def _open_container(self, options) -> None:
@@ -244,7 +253,7 @@ class VideoReader:
         else:
             start_time = Fraction(0)
         self._start_time = start_time
-        height, width = self._peeked[0].shape[:2]
+        height, width = self._peeked[0][0].shape[:2]
         return VideoInfo(
             width=width,
             height=height,
@@ -306,6 +315,7 @@ class VideoReader:
         decoded = 0
         last_end: Fraction | None = None
         frame_duration = 1 / self._fps
+        suspect = None  # a packet flagged corrupt, judged by what follows it
         try:
             for packet in self._container.demux(*streams):
                 # packet.stream, not packet.stream_index: PyAV's end-of-stream flush
@@ -314,13 +324,25 @@ class VideoReader:
                     if packet.size and self._audio is not None:
                         self._audio.put(packet)
                     continue
-                if packet.is_corrupt and self.strict:
+                # The demuxer flags a packet corrupt both when the file ends inside it (truncation:
+                # the decoder may not notice) and at a continuity break of a good stream (MPEG-TS
+                # files joined with cat). Only a flagged packet that more video follows is decoded.
+                if packet.is_corrupt and self.strict and packet.size:
+                    if suspect is not None:
+                        raise _Damage("corrupt packets")
+                    suspect = packet
+                    continue
+                if suspect is not None and packet.size:
+                    log.warning("%s: a packet near frame %d is flagged damaged but more video follows "
+                                "(joined streams?); decoding on", self.source, decoded)
+                    packet, suspect = [suspect, packet], None
+                elif suspect is not None:
                     raise _Damage("corrupt or truncated packet")
                 try:
-                    frames = video.decode(packet)
+                    frames = [f for p in (packet if isinstance(packet, list) else [packet]) for f in video.decode(p)]
                 except av.FFmpegError as error:
                     if self.strict:
-                        raise
+                        raise _Damage(str(error)) from error
                     log.warning("%s: skipping undecodable packet near frame %d: %s", self.source, decoded, error)
                     continue
                 for frame in frames:
@@ -329,7 +351,9 @@ class VideoReader:
                     if frame.pts is not None and frame.time_base is not None:
                         last_end = frame.pts * frame.time_base + frame_duration
                     decoded += 1
-                    yield self._to_rgb(frame)
+                    yield self._to_rgb(frame), _frame_time(frame)
+            if suspect is not None:
+                raise _Damage("corrupt or truncated packet")
         except (av.FFmpegError, _Damage, OSError) as error:
             # Frames already inside the decoder (threading, reordering) were decoded
             # from good packets: hand them out before reporting the damage.
@@ -338,11 +362,11 @@ class VideoReader:
                     if frame.is_corrupt:
                         break
                     decoded += 1
-                    yield self._to_rgb(frame)
+                    yield self._to_rgb(frame), _frame_time(frame)
             except av.FFmpegError:
                 pass
             if self.strict:
-                advice = "the input is corrupt or truncated (strict=False conceals decoding errors and goes on)"
+                advice = "the input is corrupt or truncated (--conceal-errors decodes through damage and goes on)"
             else:
                 advice = "the stream broke off"
             raise VideoError(
@@ -384,7 +408,7 @@ class VideoReader:
                     source=str(path),
                     frame_index=offset,
                 )
-            yield image
+            yield image, None
 
     def _read_raw_stdin(self, stream):
         width, height = self.info.width, self.info.height
@@ -408,7 +432,7 @@ class VideoReader:
                     frame_index=index,
                 )
             index += 1
-            yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3), None
 
     # -- public API ---------------------------------------------------------------------
 
@@ -428,6 +452,15 @@ class VideoReader:
 
     def read(self, n: int = DEFAULT_CHUNK_FRAMES) -> np.ndarray:
         """Up to n frames as uint8 [t, H, W, 3] RGB; t == 0 at the end."""
+        return self.read_timed(n)[0]
+
+    def read_timed(self, n: int = DEFAULT_CHUNK_FRAMES) -> tuple[np.ndarray, list[Fraction]]:
+        """read(n), and each frame's presentation time in seconds from the first frame.
+
+        Times come from the stream (so a variable frame rate is kept); frames without one, image
+        sequences and raw stdin are spaced 1/fps. Times only go up: where a stream's clock jumps
+        back (concatenated MPEG-TS files), the frames after it continue 1/fps after the last one.
+        """
         if n < 1:
             raise ValueError(f"read(n) needs n >= 1, got {n}")
         if self._closed:
@@ -441,25 +474,34 @@ class VideoReader:
             error, self._pending_error = self._pending_error, None
             raise error
         chunk = np.empty((n, self.info.height, self.info.width, 3), dtype=np.uint8)
-        count = 0
-        while count < n:
-            if self._peeked:
-                chunk[count] = self._peeked.pop(0)
-                count += 1
-                continue
+        times = []
+        while len(times) < n:
             try:
-                chunk[count] = next(self._frames)
-                count += 1
+                image, stream_time = self._peeked.pop(0) if self._peeked else next(self._frames)
             except StopIteration:
                 break
             except VideoError as error:
-                if count == 0:
+                if not times:
                     raise
                 # Return what was decoded; the error comes with the next read.
                 self._pending_error = error
                 break
-        self.frames_read += count
-        return chunk[:count]
+            chunk[len(times)] = image
+            times.append(self._presentation_time(stream_time))
+        self.frames_read += len(times)
+        return chunk[: len(times)], times
+
+    def _presentation_time(self, stream_time: Fraction | None) -> Fraction:
+        step = 1 / self.info.fps
+        if stream_time is None:
+            time = Fraction(0) if self._last_time is None else self._last_time + step
+        else:
+            time = stream_time - self._start_time + self._time_offset
+            if self._last_time is not None and time <= self._last_time:
+                self._time_offset += self._last_time + step - time
+                time = self._last_time + step
+        self._last_time = time
+        return time
 
     def chunks(self, n: int = DEFAULT_CHUNK_FRAMES):
         """Yield arrays [t, H, W, 3] of n frames (the last may be shorter) until the end."""

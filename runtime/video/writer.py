@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 import threading
@@ -19,7 +21,6 @@ from .info import (
     FULL_RANGE,
     IMAGE_ENCODERS,
     LIMITED_RANGE,
-    PRINTF_PATTERN,
     QSCALE_ENCODERS,
     STREAM_FORMAT_BY_SCHEME,
     SWS_COLORSPACE_BY_TAG,
@@ -29,6 +30,24 @@ from .info import (
     classify,
 )
 from .reader import AudioPassthrough, VideoReader
+from .target import image_pattern, partial_path, remove_images_after, remove_stale_partials
+
+log = logging.getLogger(__name__)
+
+# Encoders whose time base must fit in 16 bits (MPEG-4 part 2 and MPEG-2 store it so).
+SHORT_TIME_BASE_ENCODERS = {"mpeg4", "mpeg2video", "mjpeg"}
+
+
+def output_time_base(fps: Fraction, input_time_base: Fraction, codec: str) -> Fraction:
+    """Ticks fine enough for the 1/fps grid and for every input timestamp: 1/lcm of the two
+    denominators (1/30000 for 30000/1001 fps from Matroska's 1/1000, 1/90000 for 30 fps from
+    MPEG-TS). A constant-rate input then stays exactly constant-rate and a variable-rate one
+    keeps each frame's time."""
+    grid = 1 / Fraction(fps)
+    ticks = Fraction(1, math.lcm(grid.denominator, Fraction(input_time_base).denominator))
+    if codec in SHORT_TIME_BASE_ENCODERS and ticks.denominator > 65535:
+        return grid
+    return ticks
 
 # ---------------------------------------------------------------------------------------
 # Writing
@@ -134,18 +153,21 @@ def _encoder_options(codec: str, crf: int | None, target: str) -> dict[str, str]
 class VideoWriter:
     """Encodes uint8 RGB frames [t, H, W, 3] to a file, image sequence, stdout or URL.
 
-    File outputs are written to ".<name>.partial<ext>" beside the target and renamed
+    File outputs are written to ".<name>.partial-<pid><ext>" beside the target and renamed
     onto the target by close() (or abort()), so the target name only ever holds a
     finished, playable file. discard() (and leaving a `with` block by an exception)
-    removes the partial file instead.
+    removes the partial file instead (see target.py, which also says what a caller
+    should refuse to overwrite).
 
-    Video: constant frame rate at info.fps exactly (stream time base 1/fps, pts = frame
-    index), colour tags, sample aspect ratio and rotation copied from info. Default
+    Video: every frame at its input frame's presentation time (write(frames, times)),
+    or at frame index / info.fps when no times are given; frames on the 1/fps grid stay
+    exactly on it, so a constant-rate input gives a constant-rate output at its exact
+    rational rate. Colour tags, sample aspect ratio and rotation copied from info. Default
     encoder libx264 (VP9 for .webm) at CRF 18, yuv420p, or yuv444p for odd sizes
     (see choose_pix_fmt).
     Audio: with audio_from=reader, the reader's first audio stream is copied packet for
     packet (no re-encoding), shifted by the same amount as the video so sync is kept.
-    Image sequences and raw stdout carry no audio.
+    Image sequences and raw stdout carry no audio and no timing: `notes` says so.
 
     Targets: "-" (raw RGB24 on stdout); a URL (container from the scheme: flv for rtmp,
     mpegts for srt/udp/tcp; else pass container_format); a directory, a path without
@@ -174,6 +196,10 @@ class VideoWriter:
         self.width, self.height = int(width), int(height)
         self.fps = Fraction(info.fps)
         self.frames_written = 0
+        self.notes: list[str] = []  # what the output cannot carry over from the input, for the user
+        self._last_tick: int | None = None
+        self._end_time = Fraction(0)  # seconds: where the video written so far ends
+        self._warned_timing = False
         self.state = "open"  # -> "closed" | "aborted" | "discarded"
         self._lock = threading.Lock()
         self._container = None
@@ -186,9 +212,16 @@ class VideoWriter:
         if self.width < 1 or self.height < 1:
             raise VideoError(f"output size must be positive, got {width}x{height}", source=self.target)
         self.kind = classify(self.target, writing=True, container_format=container_format)
+        if audio_from is not None and audio_from.audio_stream is not None and self.kind in ("pipe", "images"):
+            what = "raw RGB24 output" if self.kind == "pipe" else "an image sequence"
+            self.notes.append(f"the input's audio is not written: {what} cannot hold it")
+        if self.kind == "images" and not os.path.splitext(self.target)[1] and not os.path.isdir(self.target):
+            self.notes.append(f"{self.target} has no extension, so it is written as an image sequence "
+                              f"{image_pattern(self.target)} (name it like out.mp4 for a video file)")
         if self.kind == "pipe":
             self.codec, self.pix_fmt = "rawvideo", "rgb24"
             self._pipe = sys.stdout.buffer
+            self._time_base = 1 / self.fps
             return
 
         try:
@@ -209,8 +242,9 @@ class VideoWriter:
         stream = self._add_video_stream(codec)
         self.pix_fmt = choose_pix_fmt(self.codec, self.width, self.height, pix_fmt)
         stream.codec_context.options.update(_encoder_options(self.codec, crf, self.target))
+        self._time_base = output_time_base(self.fps, self.info.time_base, self.codec)
         self._setup_video_stream(stream, _output_color_tags(self.info, self.pix_fmt))
-        stream.time_base = 1 / self.fps
+        stream.time_base = self._time_base
         if self.info.sample_aspect_ratio:
             stream.codec_context.sample_aspect_ratio = self.info.sample_aspect_ratio
         if self.info.rotation:
@@ -223,16 +257,16 @@ class VideoWriter:
             fmt = container_format or STREAM_FORMAT_BY_SCHEME.get(scheme)
             path = self.target
         else:
-            directory, name = os.path.split(os.path.abspath(self.target))
+            directory = os.path.dirname(os.path.abspath(self.target))
             if not os.path.isdir(directory):
                 raise VideoError(f"output directory does not exist: {directory}", source=self.target)
-            stem, ext = os.path.splitext(name)
-            self._partial_path = os.path.join(directory, f".{stem}.partial{ext}")
+            remove_stale_partials(self.target)
+            self._partial_path = partial_path(self.target)
             fmt, path = container_format, self._partial_path
         try:
             return av.open(path, "w", format=fmt, container_options=dict(options or {}))
         except (av.FFmpegError, ValueError, OSError) as error:
-            hint = " (name the container with container_format=...)" if fmt is None else ""
+            hint = " (name the container with --format, e.g. --format mp4)" if fmt is None else ""
             raise VideoError(f"cannot open {self.target} for writing: {error}{hint}", source=self.target) from error
 
     def _add_video_stream(self, codec):
@@ -257,7 +291,8 @@ class VideoWriter:
         """Size, rate, fixed quantiser and colour tags: the same for videos and image sequences."""
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
         ctx = stream.codec_context
-        ctx.time_base = 1 / self.fps
+        ctx.time_base = self._time_base
+        ctx.framerate = self.fps
         if self.codec in QSCALE_ENCODERS:
             ctx.qscale = True
             ctx.global_quality = DEFAULT_QSCALE * FF_QP2LAMBDA
@@ -274,11 +309,7 @@ class VideoWriter:
 
     def _open_image_sequence(self, codec, pix_fmt) -> None:
         target = self.target
-        if PRINTF_PATTERN.search(os.path.basename(target)):
-            pattern = target
-        else:
-            # ffmpeg numbers image sequences from 1; so do we.
-            pattern = os.path.join(target, "%08d.png")
+        pattern = image_pattern(target)
         directory = os.path.dirname(pattern) or "."
         os.makedirs(directory, exist_ok=True)
         ext = os.path.splitext(pattern)[1].lower()
@@ -297,6 +328,7 @@ class VideoWriter:
         except (av.FFmpegError, ValueError, OSError) as error:
             raise VideoError(f"cannot write images to {pattern}: {error}", source=target) from error
         # Image files follow the encoder's own colour conventions (sRGB, JFIF): no tags.
+        self._time_base = 1 / self.fps
         self._setup_video_stream(stream, None)
 
     def _add_audio(self, reader: VideoReader) -> None:
@@ -317,11 +349,17 @@ class VideoWriter:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write(self, frames: np.ndarray) -> None:
-        """Encode frames, uint8 [t, H, W, 3] RGB (or one frame [H, W, 3])."""
+    def write(self, frames: np.ndarray, times=None) -> None:
+        """Encode frames, uint8 [t, H, W, 3] RGB (or one frame [H, W, 3]). `times`: each frame's
+        presentation time in seconds from the start (VideoReader.read_timed gives them); default
+        frame index / fps."""
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
+        if times is None:
+            times = [Fraction(self.frames_written + i) / self.fps for i in range(len(frames))]
+        elif len(times) != len(frames):
+            raise ValueError(f"write() got {len(frames)} frames but {len(times)} times")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
             raise VideoError(
                 f"write() takes uint8 frames [t, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}",
@@ -331,11 +369,12 @@ class VideoWriter:
             if self.state != "open":
                 raise VideoError(f"{self.target}: writer is already {self.state}", source=self.target)
             try:
+                ticks = [self._tick(t) for t in times]
                 if self._pipe is not None:
                     self._pipe.write(np.ascontiguousarray(frames).data)
                     self.frames_written += len(frames)
                     return
-                for image in frames:
+                for image, tick in zip(frames, ticks):
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
                     frame = self._reformatter.reformat(
                         frame,
@@ -345,17 +384,37 @@ class VideoWriter:
                     )
                     for name, value in (self._color_tags or {}).items():
                         setattr(frame, name, value)
-                    frame.pts = self.frames_written
-                    frame.time_base = 1 / self.fps
+                    frame.pts = tick
+                    frame.time_base = self._time_base
                     self._container.mux(self._video_stream.encode(frame))
                     self.frames_written += 1
-                self._mux_audio(until=self.frames_written / self.fps)
+                self._mux_audio(until=self._end_time)
             except (av.FFmpegError, OSError, ValueError) as error:
                 raise VideoError(
                     f"{self.target}: writing failed at frame {self.frames_written}: {error}",
                     source=self.target,
                     frame_index=self.frames_written,
                 ) from error
+
+    def _tick(self, time: Fraction) -> int:
+        """A frame's pts in the output time base. Times within half an input tick of the 1/fps grid
+        are put on it (container time bases round them: 1/1000 in Matroska); ticks only go up."""
+        time = Fraction(time)
+        on_grid = round(time * self.fps) / self.fps
+        if abs(time - on_grid) <= Fraction(self.info.time_base) / 2:
+            time = on_grid
+        tick = round(time / self._time_base)
+        if self._last_tick is not None and tick <= self._last_tick:
+            tick = self._last_tick + 1
+        if tick * self._time_base != time and not self._warned_timing:
+            self._warned_timing = True
+            held = "holds one frame every 1/fps" if self.kind in ("pipe", "images") else f"has {self._time_base} s ticks"
+            log.warning("the input's frame times vary (variable frame rate), but %s %s: from frame %d on, frames "
+                        "are placed on it, not at their input times (first moved by %.3f s)", self.target, held,
+                        self.frames_written, float(abs(tick * self._time_base - time)))
+        self._last_tick = tick
+        self._end_time = tick * self._time_base + 1 / self.fps
+        return tick
 
     def _mux_audio(self, until: Fraction | None) -> None:
         if self._audio is None:
@@ -404,12 +463,14 @@ class VideoWriter:
                     return
                 # close() copies all audio the reader demuxed (the input may have audio past
                 # its last frame); abort() stops with the video.
-                audio_until = None if state == "closed" else self.frames_written / self.fps
+                audio_until = None if state == "closed" else self._end_time
                 self._finish_container(audio_until)
                 if self._audio is not None:
                     self._audio.close()
                 if self._partial_path is not None:
                     os.replace(self._partial_path, self.target)
+                if self.kind == "images":
+                    remove_images_after(self.pattern, self.frames_written)
             except (av.FFmpegError, OSError, ValueError) as error:
                 self._drop_container()
                 raise VideoError(f"{self.target}: finalising failed: {error}", source=self.target) from error
