@@ -36,6 +36,9 @@ from .info import (
 
 log = logging.getLogger(__name__)
 
+# Demuxers that turn text into pictures (ANSI art, subtitles burnt in): not video sources.
+TEXT_DEMUXERS = {"tty"}
+
 # ---------------------------------------------------------------------------------------
 # Audio hand-over between the reader thread and the writer thread
 
@@ -206,6 +209,9 @@ class VideoReader:
         try:
             if not container.streams.video:
                 raise VideoError(f"{self.source} has no video stream", source=self.source, frame_index=0)
+            if container.format.name in TEXT_DEMUXERS:
+                # FFmpeg renders any text file as ANSI art; nobody means to restore that.
+                raise VideoError(f"{self.source} is a text file, not a video", source=self.source, frame_index=0)
             video = container.streams.video[0]
             # Frame threading keeps both cores busy on big frames; the added latency is
             # a few frames, nothing next to a 24-frame chunk.

@@ -398,20 +398,24 @@ class VideoWriter:
 
     def _tick(self, time: Fraction) -> int:
         """A frame's pts in the output time base. Times within half an input tick of the 1/fps grid
-        are put on it (container time bases round them: 1/1000 in Matroska); ticks only go up."""
+        are put on it (container time bases round them: 1/1000 in Matroska); ticks only go up.
+        Image sequences and raw frames have no times: frame n is simply shown n/fps in."""
         time = Fraction(time)
         on_grid = round(time * self.fps) / self.fps
         if abs(time - on_grid) <= Fraction(self.info.time_base) / 2:
             time = on_grid
-        tick = round(time / self._time_base)
-        if self._last_tick is not None and tick <= self._last_tick:
-            tick = self._last_tick + 1
+        if self.kind in ("pipe", "images"):
+            tick = 0 if self._last_tick is None else self._last_tick + 1
+        else:
+            tick = round(time / self._time_base)
+            if self._last_tick is not None and tick <= self._last_tick:
+                tick = self._last_tick + 1
         if tick * self._time_base != time and not self._warned_timing:
             self._warned_timing = True
             held = "holds one frame every 1/fps" if self.kind in ("pipe", "images") else f"has {self._time_base} s ticks"
             log.warning("the input's frame times vary (variable frame rate), but %s %s: from frame %d on, frames "
-                        "are placed on it, not at their input times (first moved by %.3f s)", self.target, held,
-                        self.frames_written, float(abs(tick * self._time_base - time)))
+                        "are not at their input times (first moved by %.3f s)", self.target, held,
+                        tick, float(abs(tick * self._time_base - time)))
         self._last_tick = tick
         self._end_time = tick * self._time_base + 1 / self.fps
         return tick
