@@ -36,6 +36,8 @@ from .info import (
 
 log = logging.getLogger(__name__)
 
+DAMAGE_ADVICE = "the input is corrupt or truncated (--conceal-errors decodes through damage and goes on)"
+
 # Demuxers that turn text into pictures (ANSI art, subtitles burnt in): not video sources.
 TEXT_DEMUXERS = {"tty"}
 
@@ -372,7 +374,7 @@ class VideoReader:
             except av.FFmpegError:
                 pass
             if self.strict:
-                advice = "the input is corrupt or truncated (--conceal-errors decodes through damage and goes on)"
+                advice = DAMAGE_ADVICE
             else:
                 advice = "the stream broke off"
             raise VideoError(
@@ -386,7 +388,7 @@ class VideoReader:
             if missing > max(2 * frame_duration, (self._declared_end - self._start_time) / 100):
                 raise VideoError(
                     f"{self.source}: ended at {float(last_end):.3f}s after {decoded} frames but declares "
-                    f"{float(self._declared_end):.3f}s; the file is truncated or damaged",
+                    f"{float(self._declared_end):.3f}s; {DAMAGE_ADVICE}",
                     source=self.source,
                     frame_index=decoded,
                 )
