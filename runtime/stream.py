@@ -35,9 +35,7 @@ from swiftvr.sizes import parse_size
 from .errors import RuntimeSetupError
 from .load import BACKENDS, bundles_for_size, load_bundle, load_torch
 from .resize import RESIZE_MODES, describe_resize, output_sample_aspect
-from .video import VideoError, VideoReader, VideoWriter, parse_rate
-from .video.info import classify
-from .video.target import check_target
+from .video import VideoError, VideoReader, VideoWriter, check_target, parse_rate
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 # The signals that mean "stop, please": Ctrl-C, docker stop / systemd / timeout, a closed terminal.

@@ -346,6 +346,9 @@ class VideoWriter:
         # Shift audio like the video: the output video starts at 0, the input's first
         # frame was at info.start_time.
         self._audio_shift = self.info.start_time
+        self._audio_jump = 0  # ticks added after the audio clock jumped back
+        self._audio_last_dts: int | None = None
+        self._audio_end: int | None = None  # where the last packet muxed ends, in its ticks
 
     # -- writing ------------------------------------------------------------------------
 
@@ -424,11 +427,21 @@ class VideoWriter:
         if self._audio is None:
             return
         for packet in self._audio.take(until, shift=self._audio_shift):
-            shift_ticks = round(self._audio_shift / packet.time_base)
+            shift_ticks = round(self._audio_shift / packet.time_base) - self._audio_jump
+            dts = packet.dts if packet.dts is not None else packet.pts
+            if dts is not None and self._audio_end is not None and dts - shift_ticks <= self._audio_last_dts:
+                # The audio clock jumped back (MPEG-TS files joined with cat), as the reader found for
+                # the video: continue right after the last packet, as it continues the video.
+                jump = self._audio_end - (dts - shift_ticks)
+                self._audio_jump += jump
+                shift_ticks -= jump
             if packet.pts is not None:
                 packet.pts -= shift_ticks
             if packet.dts is not None:
                 packet.dts -= shift_ticks
+            if dts is not None:
+                self._audio_last_dts = dts - shift_ticks
+                self._audio_end = self._audio_last_dts + (packet.duration or 1)
             packet.stream = self._audio_stream  # mux() rescales to the output stream's time base
             self._container.mux(packet)
 
