@@ -10,7 +10,9 @@ The runtime runs a reader thread and a writer thread around the two classes here
     # on Ctrl-C:      writer.abort()   -> a playable file with what was written so far
 
 Only numpy, PyAV (FFmpeg bindings) and the standard library are used, so this package
-imports without torch. info.py: what a source is; reader.py: VideoReader; writer.py: VideoWriter.
+imports without torch. info.py: what a source is (VideoInfo, rates); reader.py: VideoReader;
+writer.py: VideoWriter, with encoders.py (encoder, pixel format, time base) and audio.py
+(packets from reader to writer); target.py: what an output may overwrite.
 
 Sources: a video file, an image sequence (a directory, or a printf pattern such as
 frames/%05d.png), "-" for raw RGB24 frames on stdin, or any URL FFmpeg can open
