@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -226,6 +227,13 @@ def say(line: str) -> None:
         pass
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 class StopSignals:
     """The first SIGINT / SIGTERM / SIGHUP asks the run to stop cleanly (finish the chunks in flight,
     close a playable output); a second one aborts at once (the partial output is deleted)."""
@@ -249,6 +257,9 @@ class StopSignals:
             raise KeyboardInterrupt
         self.signum = signum
         say(f"\nstopping on {signal.Signals(signum).name}: finishing the chunks in flight (again to abort)")
+        if signum == signal.SIGHUP and _isatty(sys.stderr):
+            # The terminal is gone: writes to it (the progress bar) would fail and stop the writer.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         self.stop.set()
 
     @property
