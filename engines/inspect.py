@@ -12,6 +12,7 @@ plan can be built), then what could be checked beyond the manifest:
 """
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 
@@ -162,5 +163,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_main(argv=None) -> int:
+    """main(), quiet when the reader of stdout goes away (`python -m engines.inspect X | head`)."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would report the pipe again while flushing stdout at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command ended by a closed pipe
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())
