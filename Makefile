@@ -3,12 +3,13 @@
 #   make test                                    the test suite (CPU)
 #   make engine RES=1080p GPU=rtx5090 [CKPT=DIR | PRESET=5b] [SCALE=4 | IN=WxH] [PRECISION=bf16] [OUT=file]
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
+#   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 RES       ?= 360p
 GPU       ?= rtx5090
 
-.PHONY: setup test demo engine bench clean
+.PHONY: setup test demo engine bench embed clean
 setup: $(STAMP)
 
 # torch goes first and alone so that pip takes the pinned CPU wheel, never the CUDA build.
@@ -33,6 +34,11 @@ engine: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m runtime.bench $(BENCH_ARGS)
+
+# The venv's interpreter tells CMake which libpython to link (its base installation's).
+embed: $(STAMP)
+	cmake -S runtime/c -B build/c -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build/c -j
 
 clean:
 	rm -rf build exports engines/*.plan engines/.cache

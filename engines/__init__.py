@@ -8,5 +8,6 @@
   bundle.py         the bundle file: write_bundle, read_manifest, open_bundle
   make_bundle.py    export + profile -> bundle (python -m engines)
   inspect.py        python -m engines.inspect FILE.plan
+  verify.py         python -m engines.verify FILE.plan: engines against their ONNX graphs on this GPU
   synthetic.py      small synthetic exports for tests and build-cost measurements
 """

@@ -215,7 +215,8 @@ def open_bundle(path, verify=True) -> Bundle:
                 found[info.name] = info
                 end = info.offset_data + info.size
         except tarfile.TarError as e:
-            raise BundleError(f"{path} is truncated or damaged after {sorted(found)} ({e})") from None
+            where = f"after the member {list(found)[-1]!r}" if found else "right after its manifest"
+            raise BundleError(f"{path} is truncated or damaged {where} ({e}); copy or build it again") from None
         missing = [n for n in want if n not in found]
         extra = [n for n in found if n not in want]
         if missing:

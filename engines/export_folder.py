@@ -4,14 +4,13 @@ Everything the engine stage needs comes from export.json; the ONNX files are ope
 their external data and count their Attention nodes (without loading any weights).
 """
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-EXPORT_FORMAT = "swiftvr-export"
-EXPORT_VERSIONS = (1,)
+from engines.bundle import sha256_file
+from export.contract import Contract, Graph, read_export_json
 
 # Bytes per element of the ONNX initializer types a SwiftVR export can hold.
 _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -22,14 +21,33 @@ _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.T
 
 @dataclass
 class GraphSpec:
-    """One graph of the export: what export.json says about it."""
-    name: str          # file name without .onnx: "encoder", "dit", "dit.0", "decoder"
-    role: str          # "encoder" | "dit" | "decoder"
+    """One graph of the export: what export.json says about it, and where its file is."""
+    graph: Graph       # the contract's description (export/contract.py)
     path: Path
-    inputs: list[dict]   # [{"name", "shape" (ints, strings for dynamic dims), "dtype"}]
-    outputs: list[dict]
-    dynamic: dict        # {"T": {"min", "opt", "max"}}
-    blocks: list | None  # DiT parts: [first, end) transformer blocks
+
+    @property
+    def name(self) -> str:       # file name without .onnx: "encoder", "dit.f6.0", "decoder"
+        return self.graph.name
+
+    @property
+    def role(self) -> str:       # "encoder" | "dit" | "decoder"
+        return self.graph.role
+
+    @property
+    def inputs(self) -> list[dict]:   # [{"name", "shape" (ints, strings for dynamic dims), "dtype"}]
+        return [t.to_json() for t in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return [t.to_json() for t in self.graph.outputs]
+
+    @property
+    def dynamic(self) -> dict:        # {"T": {"min", "opt", "max"}}
+        return self.graph.dynamic
+
+    @property
+    def blocks(self) -> list | None:  # DiT parts: [first, end) transformer blocks
+        return list(self.graph.blocks) if self.graph.blocks else None
 
     def entry(self) -> dict:
         """The export.json description of this graph (part of the engine cache key)."""
@@ -41,7 +59,8 @@ class GraphSpec:
 class ExportFolder:
     path: Path
     meta: dict               # export.json as read
-    graphs: list[GraphSpec]  # encoder, dit part(s) in chain order, decoder
+    contract: Contract       # its graphs, DiT chains and states, checked
+    graphs: list[GraphSpec]  # encoder, the dit parts of every latent count in chain order, decoder
 
     @property
     def precision(self) -> str:
@@ -55,42 +74,19 @@ class ExportFolder:
 
 def read_export(path) -> ExportFolder:
     path = Path(path)
-    meta_path = path / "export.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an export folder: no export.json "
-                                f"(make one with `python -m export ... --out {path}`)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != EXPORT_FORMAT or meta.get("version") not in EXPORT_VERSIONS:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
-                         f"this code reads {EXPORT_FORMAT!r} versions {list(EXPORT_VERSIONS)}")
-    for key in ("precision", "output_size", "graphs"):
+    meta, contract = read_export_json(path)
+    for key in ("precision", "output_size"):
         if key not in meta:
-            raise ValueError(f"{meta_path} has no {key!r}")
-    g = meta["graphs"]
-    dit = g["dit"]
-    if isinstance(dit, dict) and "file" not in dit:
-        # One DiT (whole or in parts) per latent-frame count the chunk protocol calls it with.
-        dit_parts = [part for frames in sorted(dit, key=int) for part in dit[frames]]
-    else:
-        dit_parts = dit if isinstance(dit, list) else [dit]
-    graphs = [_graph_spec(path, "encoder", g["encoder"])]
-    graphs += [_graph_spec(path, "dit", part) for part in dit_parts]
-    graphs.append(_graph_spec(path, "decoder", g["decoder"]))
-    return ExportFolder(path, meta, graphs)
+            raise ValueError(f"{path / 'export.json'} has no {key!r}")
+    graphs = [_graph_spec(path, graph) for graph in contract.graphs()]
+    return ExportFolder(path, meta, contract, graphs)
 
 
-def _graph_spec(folder: Path, role: str, entry: dict) -> GraphSpec:
-    path = folder / entry["file"]
+def _graph_spec(folder: Path, graph: Graph) -> GraphSpec:
+    path = folder / graph.file
     if not path.is_file():
-        raise FileNotFoundError(f"export.json names {entry['file']} but {path} does not exist")
-    name = path.name.removesuffix(".onnx")
-    dynamic = entry.get("dynamic", {})
-    for tensor in entry["inputs"]:
-        for dim in tensor["shape"]:
-            if isinstance(dim, str) and dim not in dynamic:
-                raise ValueError(f"{name}: input {tensor['name']} has dynamic dim {dim!r} with no range "
-                                 f"in export.json 'dynamic' ({sorted(dynamic)})")
-    return GraphSpec(name, role, path, entry["inputs"], entry["outputs"], dynamic, entry.get("blocks"))
+        raise FileNotFoundError(f"export.json names {graph.file} but {path} does not exist")
+    return GraphSpec(graph, path)
 
 
 def load_graph_proto(path: Path) -> onnx.ModelProto:
@@ -154,14 +150,6 @@ def count_attention_nodes(model: onnx.ModelProto) -> tuple[int, int]:
         else:
             nested += n
     return top, nested
-
-
-def sha256_file(path: Path, chunk=1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def graph_files(spec: GraphSpec) -> list[Path]:

@@ -1,7 +1,9 @@
 """python -m engines.inspect FILE.plan [--json] [--no-verify]
 
 Prints what a bundle holds: its manifest (target, precision, model, sizes, chunk protocol, state
-pairs) and one summary per engine, then what could be checked beyond the manifest:
+pairs) and one summary per engine, then the execution plan the runtime builds from it (per latent-frame
+count, the DiT engines in chain order with the boundary tensors they pass on; exit status 1 if no
+plan can be built), then what could be checked beyond the manifest:
   * TensorRT engines: deserialized and read with the engine inspector, which needs an NVIDIA GPU of
     a target compute capability (TensorRT-RTX's runtime queries the GPU even to deserialize).
     Without one, the layer counts shown are those the builder recorded from the network definition
@@ -10,11 +12,13 @@ pairs) and one summary per engine, then what could be checked beyond the manifes
 """
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 
 from engines.bundle import BundleError, open_bundle
 from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
+from export.contract import ContractError, contract_from_manifest
 
 
 def _mib(n):
@@ -146,11 +150,30 @@ def main(argv=None) -> int:
             print(json.dumps(bundle.manifest, indent=1))
             return 0
         print_manifest(bundle, verified=not a.no_verify)
+        try:
+            plan = contract_from_manifest(bundle.manifest, str(bundle.path))
+        except ContractError as e:
+            print(f"error: the runtime cannot build an execution plan from this bundle: {e}", file=sys.stderr)
+            return 1
+        print("execution plan (per chunk: encoder, the DiT chain for its latent-frame count F, decoder)")
+        print("\n".join(plan.describe()))
         flavour = bundle.manifest["target"]["flavour"]
         lines = check_onnx_members(bundle) if flavour == "onnx" else check_tensorrt_engines(bundle)
         print("\n".join(lines))
     return 0
 
 
+def run_main(argv=None) -> int:
+    """main(), quiet when the reader of stdout goes away (`python -m engines.inspect X | head`)."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would report the pipe again while flushing stdout at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command ended by a closed pipe
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

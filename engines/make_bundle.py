@@ -9,8 +9,9 @@ The manifest written into the bundle holds everything a runtime needs besides th
   sizes {input_size, output_size, padded_size, latent_size, scale, resolution},
   chunk (export.json "chunk": clip_len, dit_overlap, dit_latent_frames, encoder/decoder frames),
   state {encoder: [{input, output, shape, dtype}], decoder: [...]}: state_in.X pairs with state_out.X,
-  engines: in chain order [{name, role, member, files, blocks, graph_sha256, inputs, outputs,
-           dynamic, network (layers, layer types, attention counts), build (seconds, peak RSS)}],
+  engines: in chain order [{name, role, member, blocks, latent_frames, inputs, outputs, dynamic
+           (these from export/contract.py, which reads them back), files, graph_sha256,
+           network (layers, layer types, attention counts), build (seconds, peak RSS)}],
            inputs with dynamic dims carry their "min"/"opt"/"max" shapes,
   members {name: {size, sha256}} (added by write_bundle).
 """
@@ -28,6 +29,7 @@ from engines.export_folder import (ExportFolder, count_attention_nodes, graph_fi
                                    load_graph_proto, read_export, sha256_file, weight_bytes)
 from engines.flavours import MODULES
 from engines.profiles import GpuProfile, check_precision, get_profile
+from export.contract import contract_from_manifest, engine_entry
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
 
@@ -52,21 +54,9 @@ def check_export_precision(export: ExportFolder, precision: str | None, profile:
     return precision
 
 
-def _with_ranges(tensors: list[dict], dynamic: dict) -> list[dict]:
-    out = []
-    for t in tensors:
-        t = dict(t)
-        if any(isinstance(d, str) and d in dynamic for d in t["shape"]):
-            for which in ("min", "opt", "max"):
-                t[which] = [dynamic[d][which] if isinstance(d, str) else d for d in t["shape"]]
-        out.append(t)
-    return out
-
-
 def _engine_entry(spec, member: str, files: list[str], graph_hash: str, network: dict, build: dict | None) -> dict:
-    return {"name": spec.name, "role": spec.role, "member": member, "files": files, "blocks": spec.blocks,
-            "graph_sha256": graph_hash, "inputs": _with_ranges(spec.inputs, spec.dynamic),
-            "outputs": spec.outputs, "dynamic": spec.dynamic, "network": network, "build": build}
+    return {**engine_entry(spec.graph, member), "files": files, "graph_sha256": graph_hash,
+            "network": network, "build": build}
 
 
 def _onnx_network_summary(spec) -> dict:
@@ -126,9 +116,10 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "sizes": {k: meta.get(k) for k in ("input_size", "output_size", "padded_size", "latent_size", "scale")}
                  | {"resolution": export.resolution_name},
         "chunk": meta.get("chunk"),
-        "state": meta.get("state"),
+        "state": export.contract.to_json()[1],     # the state pairs, as export/contract.py read them
         "engines": engines,
     }
+    contract_from_manifest(manifest, str(out))   # the runtime can build its plan from what is written
     manifest = write_bundle(out, manifest, members)
     size = out.stat().st_size
     print(f"wrote {out} ({size / 2**20:.1f} MiB): {profile.name}, {precision}, "

@@ -8,7 +8,6 @@ Used by the engine tests, and to measure build cost at Wan-5B block sizes:
         --tokens 15360 --precision bf16
 """
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from export import contract as c
+from swiftvr.config import PRECISION_DTYPES
+
 ONNX_DTYPE = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
-NUMPY_NAME = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 LATENT_CHANNELS = 48   # 3 colours x 4 frames x 2 x 2 pixels: the pixel-unshuffle of the encoder
 PATCH = 2              # DiT patch (1, 2, 2) over the latent grid -> 48*4 = 192 channels per token
 
@@ -34,7 +35,7 @@ class SyntheticConfig:
     ffn: int = 128
     blocks: int = 2
     window: int = 16               # tokens per attention window
-    dit_parts: int = 1             # 1: dit.onnx; 2: dit.0.onnx -> dit.1.onnx (see write_synthetic_export)
+    dit_parts: int = 1             # 1: dit.onnx; N: dit.0.onnx -> ... -> dit.<N-1>.onnx, chained by hidden.<block>
     fused_attention: bool = True   # ONNX Attention (opset 23); False: MatMul/Softmax (opset 18)
     external_data: bool = True     # DiT weights in dit*.onnx.data, as real exports over 2 GB do
     seed: int = 0
@@ -204,11 +205,11 @@ def _dit_part(cfg, rng, path, part, blocks, opset):
         t = g.op("Transpose", g.op("Reshape", latents, g.ints(grid7)), perm=[0, 2, 3, 5, 1, 4, 6])
         x = g.op("MatMul", g.op("Reshape", t, g.ints([1, L, token_channels])), g.weight(token_channels, d))
     else:
-        x = g.input("hidden", g.float, [1, L, d])
+        x = g.input(c.hidden_name(blocks[0]), g.float, [1, L, d])
     for _ in range(*blocks):
         x = _block(g, x, cfg)
     if not last:
-        g.output(x, "hidden", g.float, [1, L, d])
+        g.output(x, c.hidden_name(blocks[1]), g.float, [1, L, d])
     else:
         if not first:
             latents = g.input("latents", g.float, latent_shape)
@@ -219,16 +220,16 @@ def _dit_part(cfg, rng, path, part, blocks, opset):
     g.save(path, path.stem, opset, external=cfg.external_data)
 
 
-def _io(graph_path: Path) -> tuple[list, list]:
-    """export.json inputs/outputs entries read back from the saved graph."""
+def _io(graph_path: Path) -> tuple[tuple, tuple]:
+    """The graph's inputs and outputs as the contract describes them, read back from the saved file."""
     model = onnx.load(str(graph_path), load_external_data=False)
 
     def entry(vi):
         t = vi.type.tensor_type
         dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type != TensorProto.BFLOAT16 else "bfloat16"
-        return {"name": vi.name, "dtype": dtype,
-                "shape": [dim.dim_param if dim.dim_param else dim.dim_value for dim in t.shape.dim]}
-    return [entry(v) for v in model.graph.input], [entry(v) for v in model.graph.output]
+        return c.Tensor(vi.name, tuple(dim.dim_param if dim.dim_param else dim.dim_value for dim in t.shape.dim),
+                        dtype)
+    return tuple(entry(v) for v in model.graph.input), tuple(entry(v) for v in model.graph.output)
 
 
 def write_synthetic_export(out, cfg: SyntheticConfig | None = None) -> Path:
@@ -238,11 +239,8 @@ def write_synthetic_export(out, cfg: SyntheticConfig | None = None) -> Path:
     w, h = cfg.latent_size
     if (h % PATCH or w % PATCH or cfg.tokens % cfg.window or cfg.dim % cfg.heads or cfg.clip_len % 4):
         raise ValueError(f"inconsistent synthetic config: {cfg}")
-    if cfg.dit_parts > 2:
-        # docs/export-format.md has a middle part map `hidden` -> `hidden`; an ONNX graph cannot
-        # have an input and an output of one name (SSA), so wait for the contract to name them.
-        raise ValueError("synthetic exports make at most 2 DiT parts: the export contract names a middle "
-                         "part's input and output both 'hidden', which ONNX cannot express")
+    if not 1 <= cfg.dit_parts <= cfg.blocks:
+        raise ValueError(f"dit_parts must be 1..blocks ({cfg.blocks}): every part holds at least one block")
     rng = np.random.default_rng(cfg.seed)
     opset = 23 if cfg.fused_attention else 18
     _encoder(cfg, rng, out / "encoder.onnx", opset)
@@ -252,41 +250,35 @@ def write_synthetic_export(out, cfg: SyntheticConfig | None = None) -> Path:
     for k, name in enumerate(names):
         _dit_part(cfg, rng, out / name, k, (cuts[k], cuts[k + 1]), opset)
 
-    n_lat, dtype = cfg.clip_len // 4, NUMPY_NAME[cfg.precision]
+    n_lat, F = cfg.clip_len // 4, cfg.latent_frames
 
-    def graph(file, dynamic, **extra):
+    def graph(file, role, dynamic, blocks=None):
         inputs, outputs = _io(out / file)
-        return {"file": file, "inputs": inputs, "outputs": outputs, "dynamic": dynamic, **extra}
+        return c.Graph(file.removesuffix(".onnx"), role, file, inputs, outputs, dynamic,
+                       blocks, F if role == "dit" else None)
 
-    def state(file):
-        inputs, _ = _io(out / file)
-        return [{"input": i["name"], "output": i["name"].replace("state_in.", "state_out."),
-                 "shape": i["shape"], "dtype": i["dtype"]} for i in inputs if i["name"].startswith("state_in.")]
-
-    meta = {
-        "format": "swiftvr-export", "version": 1,
+    # Written through the contract, as the exporter's export.json is: checked before it is written.
+    contract = c.make_contract(
+        graph("encoder.onnx", "encoder", {"T": {"min": 4, "opt": cfg.clip_len, "max": cfg.clip_len + 4}}),
+        {F: [graph(name, "dit", {}, (cuts[k], cuts[k + 1])) for k, name in enumerate(names)]},
+        graph("decoder.onnx", "decoder", {"n": {"min": 1, "opt": n_lat, "max": n_lat + 1}}),
+        [F], f"synthetic export {out}")
+    fields = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "opset": opset,
         "model": {"preset": "synthetic", "checkpoint": None, "checkpoint_sha256": None,
                   "random_weights_seed": cfg.seed, "synthetic_config": asdict(cfg),
                   "transformer_config": {"dim": cfg.dim, "num_heads": cfg.heads, "ffn_dim": cfg.ffn,
                                          "num_layers": cfg.blocks, "window_tokens": cfg.window},
                   "latent_channels": LATENT_CHANNELS},
-        "precision": cfg.precision,
+        "precision": cfg.precision, "dtype": PRECISION_DTYPES[cfg.precision],
         "input_size": list(cfg.input_size),
         "output_size": [cfg.input_size[0] * cfg.scale, cfg.input_size[1] * cfg.scale],
         "padded_size": list(cfg.input_size), "latent_size": [w, h], "scale": float(cfg.scale),
-        "chunk": {"clip_len": cfg.clip_len, "dit_overlap": 1, "dit_latent_frames": [cfg.latent_frames],
+        "chunk": {"clip_len": cfg.clip_len, "dit_overlap": 1, "dit_latent_frames": [F],
                   "encoder_frames": [cfg.clip_len, cfg.clip_len + 4], "decoder_latent_frames": [1, n_lat + 1]},
-        "graphs": {
-            "encoder": graph("encoder.onnx", {"T": {"min": 4, "opt": cfg.clip_len, "max": cfg.clip_len + 4}}),
-            "dit": [graph(name, {}, blocks=[cuts[k], cuts[k + 1]]) for k, name in enumerate(names)],
-            "decoder": graph("decoder.onnx", {"n": {"min": 1, "opt": n_lat, "max": n_lat + 1}}),
-        },
-        "state": {"encoder": state("encoder.onnx"), "decoder": state("decoder.onnx")},
     }
-    assert all(t["dtype"] in (dtype, "uint8") for g in [meta["graphs"]["encoder"], meta["graphs"]["decoder"]]
-               for t in g["inputs"] + g["outputs"])
-    (out / "export.json").write_text(json.dumps(meta, indent=1))
+    c.write_export_json(out, c.export_json(fields, contract))
     return out
 
 

@@ -1,19 +1,21 @@
 """export.json: everything engines/ and runtime/ need, so that no later stage re-derives a shape.
-The format is docs/export-format.md."""
+The format is docs/export-format.md; its graphs and state go through export/contract.py."""
 from datetime import datetime, timezone
 
 from swiftvr.config import PRECISION_DTYPES
 
+from . import contract as c
 from .settings import OPSET, ExportSettings
 from .weights import WeightSource
 
-FORMAT, VERSION = "swiftvr-export", 1
+FORMAT, VERSION = c.FORMAT, c.VERSION
 
 
 def build_manifest(source: WeightSource, settings: ExportSettings, graphs: dict, state: dict) -> dict:
+    """export.json from the exporter's graph entries ({"encoder", "dit": {F: [parts]}, "decoder"});
+    the state pairs come from the graphs themselves, `state` must agree with them."""
     g = settings.geometry
-    return {
-        "format": FORMAT, "version": VERSION,
+    fields = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "opset": OPSET,
         "model": source.describe(),
@@ -30,18 +32,12 @@ def build_manifest(source: WeightSource, settings: ExportSettings, graphs: dict,
             "first_chunk_trim": 3,
             "rope_t_offset": 0,
         },
-        "graphs": graphs,
-        "state": state,
     }
+    contract = c.contract_from_json({**fields, "graphs": graphs, "state": state}, "the export being written")
+    return c.export_json(fields, contract)
 
 
 def state_pairs(graph_entry: dict) -> list[dict]:
     """`state_in.X` -> `state_out.X` pairs of a graph entry, with shape and dtype."""
-    outputs = {t["name"]: t for t in graph_entry["outputs"]}
-    pairs = []
-    for t in graph_entry["inputs"]:
-        if t["name"].startswith("state_in."):
-            out = "state_out." + t["name"][len("state_in."):]
-            assert outputs[out]["shape"] == t["shape"] and outputs[out]["dtype"] == t["dtype"], (t, outputs[out])
-            pairs.append({"input": t["name"], "output": out, "shape": t["shape"], "dtype": t["dtype"]})
-    return pairs
+    graph = c.graph_from_json(graph_entry, "", "the export being written")
+    return [p.to_json() for p in c.state_pairs(graph, "the export being written")]

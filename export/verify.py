@@ -16,7 +16,6 @@ Exit status 1 when a check fails or an error exceeds its tolerance (TOLERANCES, 
 """
 import argparse
 from dataclasses import dataclass
-import json
 from pathlib import Path
 import sys
 
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .contract import ContractError, contract_from_json, read_export_json
 from .onnx_graph import CONTROL_FLOW
 from .settings import OPSET, ExportError
 
@@ -73,9 +73,7 @@ def compare(name: str, kind: str, actual, expected, tolerances: dict, note: str 
 
 def graph_entries(meta: dict) -> list[tuple[str, dict]]:
     """(role, entry) for every graph: encoder, the DiT parts of every latent count, decoder."""
-    g = meta["graphs"]
-    dit = [("dit", part) for frames in sorted(g["dit"], key=int) for part in g["dit"][frames]]
-    return [("encoder", g["encoder"])] + dit + [("decoder", g["decoder"])]
+    return [(g.role, g.to_json()) for g in contract_from_json(meta, "export.json").graphs()]
 
 
 def check_structure(folder: Path, meta: dict) -> list[str]:
@@ -395,13 +393,10 @@ def _worst_state(name, got: dict, want: dict, tol) -> Result:
 # ---- CLI ----------------------------------------------------------------------------------------
 
 def read_manifest(folder: Path) -> dict:
-    path = folder / "export.json"
-    if not path.is_file():
-        raise ExportError(f"{folder} is not an export folder (no export.json)")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != "swiftvr-export":
-        raise ExportError(f"{path} is not a swiftvr export manifest")
-    return meta
+    try:
+        return read_export_json(folder)[0]
+    except (FileNotFoundError, ContractError) as e:
+        raise ExportError(str(e)) from None
 
 
 def verify(folder: str | Path, structure_only: bool = False, seed: int = 0, stream_chunks: int = 4) -> bool:

@@ -31,4 +31,4 @@ class InputSizeError(RuntimeSetupError, ValueError):
 
 
 class StreamInterrupted(RuntimeError):
-    """Ctrl-C (SIGINT) stopped a run; what was restored before it was written out."""
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) ended a run; what was restored before it was written out."""

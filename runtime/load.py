@@ -9,10 +9,10 @@ Which backend a path gets unless told: a bundle built for a GPU -> "tensorrt"; a
 export folder -> "onnxruntime". "torch" rebuilds the model the export was made from (its
 checkpoint, or its preset and random-weights seed) with the export's sizes and chunk settings.
 """
-import json
 from pathlib import Path
 
 from engines.bundle import BundleError, open_bundle, read_manifest
+from export.contract import ContractError, read_json
 
 from .backend import LoadedModel
 from .errors import RuntimeSetupError
@@ -21,11 +21,15 @@ BACKENDS = ("tensorrt", "onnxruntime", "torch")
 
 
 def describe_path(path) -> tuple[str, dict]:
-    """("bundle" | "export", manifest or export.json) for a model path, or a RuntimeSetupError."""
+    """("bundle" | "export", manifest or export.json) for a model path, or a RuntimeSetupError.
+    Their graphs are checked (export/contract.py) when a backend builds its plan from them."""
     path = Path(path)
     if path.is_dir():
         if (path / "export.json").is_file():
-            return "export", json.loads((path / "export.json").read_text())
+            try:
+                return "export", read_json(path / "export.json", "export.json")
+            except ContractError as e:
+                raise RuntimeSetupError(str(e)) from None
         if (path / "transformer" / "config.json").is_file():
             raise RuntimeSetupError(f"{path} is a checkpoint folder: run it with --backend torch --checkpoint {path} "
                                     f"--res WxH, or export and build it first (python -m export, python -m engines)")

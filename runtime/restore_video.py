@@ -4,18 +4,19 @@
                     them in a queue of at most two batches
     this thread     pushes them into a Session whose chunks are in flight on the stage lanes
                     (CUDA streams or threads, runtime/lanes.py), and hands restored frames on
-    writer thread   encodes them (runtime/video/: exact input rate, colour tags, audio copied),
-                    and moves the progress bar
+    writer thread   encodes them (runtime/video/: each frame at its input frame's time, colour
+                    tags, audio copied), and moves the progress bar
 
 Every queue is bounded and a Session holds at most `in_flight` chunks, so memory is flat for
 streams of any length. Endings:
   * end of input           flush the Session, close the output (renamed onto its name).
   * corrupt / cut input    the frames decoded before the damage are restored and written, the
                            output is closed as a playable file, and the error is reported.
-  * stop (Ctrl-C)          the chunks in flight are finished and written, the output is cut
+  * stop (Ctrl-C, SIGTERM) the chunks in flight are finished and written, the output is cut
                            there (playable), and the run reports `interrupted`.
   * any other error        the partial output is deleted and the error raised.
 """
+import collections
 import queue
 import threading
 import time
@@ -65,10 +66,11 @@ def check_input_size(model: LoadedModel, width: int, height: int, resize: bool, 
 
 
 def restore_video(model: LoadedModel, reader: VideoReader, writer: VideoWriter, *,
-                  in_flight: int | None = None, overlap: bool | None = None, resize: bool = False,
+                  in_flight: int | None = None, overlap: bool | None = None, resize: bool | str = False,
                   stop: threading.Event | None = None, progress: bool | None = None) -> RunResult:
     """Restore `reader` into `writer` (which this closes, aborts or discards). `stop` ends the run
     early, as Ctrl-C does. in_flight / overlap: see Session (default: the model's default_in_flight).
+    resize: False, True / "stretch" or "pad" (see resize.py).
     progress: True / False, None = when stderr is a terminal."""
     stop = stop or threading.Event()
     in_flight = in_flight or model.default_in_flight
@@ -78,6 +80,8 @@ def restore_video(model: LoadedModel, reader: VideoReader, writer: VideoWriter, 
     frames_q: queue.Queue = queue.Queue(maxsize=2)
     restored_q: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
+    # One output frame per input frame, in order: the input's times wait here for their frames.
+    times: collections.deque = collections.deque()
     bar = tqdm(total=reader.info.frame_count, unit="frame", desc="restoring", disable=None if progress is None
                else not progress, dynamic_ncols=True, smoothing=0.1)
 
@@ -95,11 +99,13 @@ def restore_video(model: LoadedModel, reader: VideoReader, writer: VideoWriter, 
     def read_frames():
         try:
             while not stop.is_set():
-                frames = reader.read(batch)
+                frames, frame_times = reader.read_timed(batch)
                 if not len(frames):
                     break
+                times.extend(frame_times)
                 if resize:
-                    frames = resize_frames(frames, spec.input_size)
+                    frames = resize_frames(frames, spec.input_size, "stretch" if resize is True else resize,
+                                           reader.info.sample_aspect_ratio)
                 if not put(frames_q, frames):
                     return
         except VideoError as e:
@@ -111,7 +117,7 @@ def restore_video(model: LoadedModel, reader: VideoReader, writer: VideoWriter, 
     def write_frames():
         try:
             while (frames := restored_q.get()) is not _END:
-                writer.write(frames)
+                writer.write(frames, [times.popleft() for _ in range(len(frames))])
                 bar.update(len(frames))
         except BaseException as e:
             writer_error.append(e)

@@ -56,6 +56,7 @@ class Session:
         self.frames_in = self.frames_out = 0
         self.chunks_done = 0
         self.closed = False
+        self.flushed = False
 
     # ---- public ------------------------------------------------------------------------------
     def push(self, frames) -> np.ndarray:
@@ -71,6 +72,8 @@ class Session:
 
     def flush(self) -> np.ndarray:
         """End of the stream: restores the frames still buffered and returns everything left."""
+        self._check_open("flush")
+        self.flushed = True
         for chunk in self.planner.finish():
             self._submit(chunk)
         return self._collect(wait=True)
@@ -78,6 +81,7 @@ class Session:
     def drain(self) -> np.ndarray:
         """Finishes the chunks already under way and returns their frames; plans nothing new (the
         frames buffered for a next chunk are dropped). For stopping early, e.g. on Ctrl-C."""
+        self._check_open("drain")
         return self._collect(wait=True)
 
     def close(self) -> None:
@@ -97,9 +101,14 @@ class Session:
         self.close()
 
     # ---- chunks ------------------------------------------------------------------------------
-    def _check(self, frames) -> np.ndarray:
+    def _check_open(self, what: str) -> None:
         if self.closed:
-            raise RuntimeError("push() on a closed Session")
+            raise RuntimeError(f"{what}() on a closed Session")
+
+    def _check(self, frames) -> np.ndarray:
+        self._check_open("push")
+        if self.flushed:
+            raise RuntimeError("push() after flush(): the stream has ended; start a new Session for more frames")
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]

@@ -5,6 +5,7 @@ from the torch backend's settings. Nothing here is re-derived from the graphs: t
 """
 from dataclasses import dataclass
 
+from export.contract import Contract, ContractError, contract_from_json, contract_from_manifest
 from swiftvr.chunks import check_settings, dit_latent_counts
 
 from .errors import RuntimeSetupError
@@ -57,37 +58,10 @@ def spec_from_meta(meta: dict, source: str, backend: str, device: str) -> ModelS
     return spec
 
 
-def dit_chains(parts: list, inputs_of=lambda part: part["inputs"]) -> dict:
-    """DiT graphs (in chain order) grouped into chains by the latent frames F they take.
-
-    An export may hold one DiT per F the protocol needs (dit.f2, dit.f3), each whole or in parts
-    (part 0 takes `latents`, later parts take `hidden`). A chain starts at every part without a
-    `hidden` input; its F is the frame axis of its `latents` input (None if dynamic: any F).
-    `inputs_of(part)` gives a part's export.json inputs [{"name", "shape", "dtype"}].
-    """
-    chains, current = {}, None
-    for part in parts:
-        inputs = {t["name"]: t for t in inputs_of(part)}
-        if "hidden" not in inputs:
-            frames = inputs["latents"]["shape"][2]
-            current = chains.setdefault(frames if isinstance(frames, int) else None, [])
-        if current is None:
-            raise RuntimeSetupError("the first DiT graph takes `hidden`, which no graph before it makes")
-        current.append(part)
-    return chains
-
-
-def export_dit_entries(graphs: dict) -> list[dict]:
-    """export.json's graphs["dit"] in chain order: {"F": [parts]}, [parts] or one entry."""
-    dit = graphs["dit"]
-    if isinstance(dit, dict) and "file" not in dit:
-        return [part for frames in sorted(dit, key=int) for part in dit[frames]]
-    return dit if isinstance(dit, list) else [dit]
-
-
-def pick_chain(chains: dict, frames: int) -> list:
-    chain = chains.get(frames) or chains.get(None)
-    if chain is None:
-        have = sorted(k for k in chains if k)
-        raise RuntimeError(f"no DiT graph takes {frames} latent frames (the export has {have})")
-    return chain
+def plan_from_meta(meta: dict, source: str) -> Contract:
+    """What a backend executes: the encoder, the DiT chain per latent-frame count, the decoder and
+    the state pairs, checked (export/contract.py), from a bundle manifest or export.json."""
+    try:
+        return contract_from_manifest(meta, source) if "engines" in meta else contract_from_json(meta, source)
+    except ContractError as e:
+        raise RuntimeSetupError(str(e)) from None

@@ -11,26 +11,38 @@
 
 Inputs: files, image sequences (folder or frames/%05d.png), "-" (raw RGB24 on stdin), URLs.
 Outputs: files (written to a temporary name, renamed when complete), image sequences, "-" (raw
-RGB24 on stdout), URLs. The output keeps the input's exact frame rate, colour tags and audio
-(copied, not re-encoded). One output frame per input frame.
+RGB24 on stdout), URLs. One output frame per input frame, each at its input frame's presentation
+time (variable frame rates too), with the input's colour tags and audio (copied, not re-encoded).
+An output that is the input is refused; an existing one unless -y/--overwrite.
 
 Exit status: 0 done; 1 error (nothing or a partial but playable output, see the message);
-2 bad arguments; 130 stopped by Ctrl-C (the chunks in flight are finished and the output closed).
+2 bad arguments; 128+signal when stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129): the
+chunks in flight are finished and the output is closed, playable. A second signal aborts at once.
 """
 import argparse
+import dataclasses
 import json
+import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+import av
+
 from swiftvr.sizes import parse_size
 
 from .errors import RuntimeSetupError
 from .load import BACKENDS, bundles_for_size, load_bundle, load_torch
-from .video import VideoError, VideoReader, VideoWriter
+from .resize import RESIZE_MODES, describe_resize, output_sample_aspect
+from .video import VideoError, VideoReader, VideoWriter, check_target, parse_rate
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE = 1, 2
+# The signals that mean "stop, please": Ctrl-C, docker stop / systemd / timeout, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Constant-quality scales: x264/x265 0-51 (the default encoder), VP8/VP9/AV1 0-63.
+WIDE_CRF_ENCODERS = ("libvpx", "libaom", "libsvtav1")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", help="video file, image folder or pattern, '-' (raw RGB24 on stdin), URL")
     p.add_argument("-o", "--output", help="video file, image folder or pattern, '-' (raw RGB24 on stdout), URL")
+    clobber = p.add_mutually_exclusive_group()
+    clobber.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output (kept until "
+                         "the new one is complete; an output that is the input is always refused)")
+    clobber.add_argument("-n", "--no-overwrite", action="store_true", help="never replace an existing output "
+                         "(the default)")
     m = p.add_argument_group("model")
     m.add_argument("--engine", help="bundle file (engines/<res>.plan) or export folder")
     m.add_argument("--backend", choices=BACKENDS, help="default: tensorrt for GPU bundles, onnxruntime for cpu "
@@ -62,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs per stage and shape (CUDA only)")
     t.add_argument("--fp8", metavar="SCALING", help="FP8 DiT linears, weight scales per 'row' or 'tensor' (SM >= 8.9)")
     r = p.add_argument_group("running")
-    r.add_argument("--resize", action="store_true", help="scale input frames to the size the model takes")
+    r.add_argument("--resize", nargs="?", const="stretch", choices=RESIZE_MODES,
+                   help="scale input frames to the size the model takes: 'stretch' (the default; the output's "
+                        "pixel aspect keeps the picture's shape on screen) or 'pad' (black bars, square pixels)")
     r.add_argument("--in-flight", type=int, help="chunks under way at once (default: 3 on a GPU, 1 on the CPU, "
                                                   "where overlapping stages measured no faster)")
     r.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
@@ -75,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     v = p.add_argument_group("input and output")
     v.add_argument("--raw-size", help="size WxH of raw RGB24 frames on stdin")
     v.add_argument("--raw-fps", help="frame rate of raw stdin frames or image sequences (e.g. 30000/1001)")
+    v.add_argument("--conceal-errors", action="store_true", help="decode through damaged or missing packets "
+                   "instead of stopping at the first (the default for URLs)")
     v.add_argument("--input-option", action="append", default=[], metavar="KEY=VALUE",
                    help="FFmpeg option for opening the input, e.g. rtsp_transport=tcp (repeatable)")
     v.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
@@ -83,7 +104,59 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--format", help="output container, when the name does not say (e.g. mpegts, flv)")
     v.add_argument("--output-option", action="append", default=[], metavar="KEY=VALUE",
                    help="muxer option, e.g. movflags=+faststart (repeatable)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    try:
+        check_args(a)
+    except ValueError as e:
+        p.error(str(e))
+    return a
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Every argument that can be wrong is caught here, before a model loads (exit 2)."""
+    for flag, value, least in (("--in-flight", a.in_flight, 1), ("--threads", a.threads, 1),
+                               ("--bench-chunks", a.bench_chunks, 1), ("--clip-len", a.clip_len, 1),
+                               ("--dit-overlap", a.dit_overlap, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if a.scale is not None and a.scale <= 0:
+        raise ValueError(f"--scale must be positive, got {a.scale}")
+    for flag in ("raw_size", "res", "input_size"):
+        if getattr(a, flag):
+            parse_size(getattr(a, flag))
+    if a.raw_fps:
+        parse_rate(a.raw_fps)
+    if a.input == "-" and not (a.raw_size and a.raw_fps):
+        raise ValueError("reading raw RGB24 frames from stdin ('-') needs --raw-size WxH and --raw-fps RATE")
+    _options(a.input_option, "--input-option")
+    _options(a.output_option, "--output-option")
+    if a.codec:
+        try:
+            codec = av.Codec(a.codec, "w")
+        except Exception:
+            raise ValueError(f"--codec {a.codec}: no such encoder in this FFmpeg (e.g. libx264, libx265, "
+                             f"libvpx-vp9, mpeg4)") from None
+        if codec.type != "video":
+            raise ValueError(f"--codec {a.codec} is a {codec.type} encoder, not a video one")
+    if a.pix_fmt:
+        try:
+            av.VideoFormat(a.pix_fmt)
+        except Exception:
+            raise ValueError(f"--pix-fmt {a.pix_fmt}: no such pixel format (e.g. yuv420p, yuv444p)") from None
+        supported = [f.name for f in (av.Codec(a.codec, "w").video_formats or [])] if a.codec else []
+        if supported and a.pix_fmt not in supported:
+            raise ValueError(f"--pix-fmt {a.pix_fmt}: {a.codec} takes {', '.join(supported)}")
+    if a.format:
+        try:
+            av.format.ContainerFormat(a.format, "w")
+        except Exception:
+            raise ValueError(f"--format {a.format}: no such output container (e.g. mp4, matroska, mpegts, flv)") \
+                from None
+    if a.crf is not None:
+        wide = a.codec.startswith(WIDE_CRF_ENCODERS) if a.codec else str(a.output).lower().endswith(".webm")
+        top = 63 if wide else 51
+        if not 0 <= a.crf <= top:
+            raise ValueError(f"--crf must be 0..{top} for {a.codec or 'the default encoder'}, got {a.crf}")
 
 
 def _options(pairs: list[str], what: str) -> dict:
@@ -128,6 +201,7 @@ def load_model(a: argparse.Namespace, input_size: tuple[int, int] | None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     try:
         if a.benchmark:
             from .throughput import format_benchmark, run_benchmark
@@ -141,57 +215,112 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         return run(a)
     except (RuntimeSetupError, VideoError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return EXIT_ERROR
+
+
+def say(line: str) -> None:
+    """A line on stderr, which may be gone (SIGHUP: the terminal was closed)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+class StopSignals:
+    """The first SIGINT / SIGTERM / SIGHUP asks the run to stop cleanly (finish the chunks in flight,
+    close a playable output); a second one aborts at once (the partial output is deleted)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in STOP_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame):
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        say(f"\nstopping on {signal.Signals(signum).name}: finishing the chunks in flight (again to abort)")
+        if signum == signal.SIGHUP and _isatty(sys.stderr):
+            # The terminal is gone: writes to it (the progress bar) would fail and stop the writer.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        self.stop.set()
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
 
 def run(a: argparse.Namespace) -> int:
     from .restore_video import check_input_size, restore_video
 
-    # Ctrl-C: finish the chunks in flight and close a playable output; a second one stops at once.
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping: finishing the chunks in flight (Ctrl-C again to abort)", file=sys.stderr)
-        stop.set()
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with VideoReader(a.input, raw_size=a.raw_size, raw_fps=a.raw_fps,
-                         options=_options(a.input_option, "--input-option")) as reader:
-            info = reader.info
-            model = load_model(a, (info.width, info.height))
-            spec = model.spec
-            suggestions = bundles_for_size(Path(a.engine).parent, (info.width, info.height)) if a.engine else []
-            check_input_size(model, info.width, info.height, a.resize, suggestions)
-            print(f"{info.describe()}\nmodel: {spec.describe()}", file=sys.stderr)
-            writer = VideoWriter(a.output, info, width=spec.output_size[0], height=spec.output_size[1],
-                                 codec=a.codec, crf=a.crf, pix_fmt=a.pix_fmt,
-                                 audio_from=reader if info.has_audio else None, container_format=a.format,
-                                 options=_options(a.output_option, "--output-option"))
-            in_flight = a.in_flight or model.default_in_flight
-            overlap = in_flight > 1 if a.overlap is None else a.overlap
-            result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap, resize=a.resize,
-                                   stop=stop, progress=a.progress)
-    except KeyboardInterrupt:
-        print("aborted: the partial output was deleted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    # Before anything slow: an output that would destroy an input or an existing file.
+    check_target(a.input, a.output, overwrite=a.overwrite, container_format=a.format)
+    reader_options = dict(raw_size=a.raw_size, raw_fps=a.raw_fps, options=_options(a.input_option, "--input-option"))
+    if a.conceal_errors:
+        reader_options["strict"] = False
+    with StopSignals() as signals:
+        try:
+            with VideoReader(a.input, **reader_options) as reader:
+                info = reader.info
+                model = load_model(a, (info.width, info.height))
+                if signals.stop.is_set():
+                    say("stopped before any frame was restored: no output was written")
+                    return signals.exit_code
+                spec = model.spec
+                suggestions = bundles_for_size(Path(a.engine).parent, (info.width, info.height)) if a.engine else []
+                check_input_size(model, info.width, info.height, a.resize, suggestions)
+                say(f"{info.describe()}\nmodel: {spec.describe()}")
+                # The pixel aspect that shows the output as the input is shown (one rule, see resize.py).
+                size = (info.width, info.height)
+                resized = a.resize if a.resize and size != tuple(spec.input_size) else None
+                out_info = dataclasses.replace(info, sample_aspect_ratio=output_sample_aspect(
+                    size, info.sample_aspect_ratio, spec.output_size, resized))
+                if resized:
+                    say(describe_resize(size, info.sample_aspect_ratio, spec.input_size, spec.output_size, resized))
+                writer = VideoWriter(a.output, out_info, width=spec.output_size[0], height=spec.output_size[1],
+                                     codec=a.codec, crf=a.crf, pix_fmt=a.pix_fmt,
+                                     audio_from=reader if info.has_audio else None, container_format=a.format,
+                                     options=_options(a.output_option, "--output-option"))
+                for note in writer.notes:
+                    say(f"note: {note}")
+                in_flight = a.in_flight or model.default_in_flight
+                overlap = in_flight > 1 if a.overlap is None else a.overlap
+                result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap,
+                                       resize=resized or False, stop=signals.stop, progress=a.progress)
+        except KeyboardInterrupt:
+            say("aborted: the partial output was deleted")
+            return signals.exit_code
     if a.stats:
         stats = {"input": info.describe(), "output": a.output, "model": spec.describe(), "in_flight": in_flight,
                  "overlap": overlap, **result.as_dict()}
         Path(a.stats).write_text(json.dumps(stats, indent=1))
-    print(f"{result.frames_out} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s) -> {a.output}",
-          file=sys.stderr)
+    say(f"{result.frames_out} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s) -> {a.output}")
     if result.input_error:
-        print(f"error: {result.input_error}\nthe {result.frames_out} frames restored before it are in {a.output}",
-              file=sys.stderr)
+        say(f"error: {result.input_error}\nthe {result.frames_out} frames restored before it are in {a.output}")
         return EXIT_ERROR
     if result.interrupted:
-        print(f"interrupted: the output holds the first {result.frames_out} frames", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if result.frames_out:
+            say(f"interrupted: the output holds the first {result.frames_out} frames")
+        else:
+            say("interrupted before any frame was restored: no output was written")
+        return signals.exit_code
     return 0
 
 

@@ -172,8 +172,9 @@ def unpatchify(x: Tensor) -> Tensor:
 
 
 def _check_frame_size(height: int, width: int) -> None:
-    if height % 32 or width % 32:
-        raise ValueError(f"ReAE needs frame height and width that are multiples of 32, "
+    # One latent per 16x16 pixels. (The DiT's 2x2 patches need 32; its token_grid checks that.)
+    if height % PIXELS_PER_LATENT or width % PIXELS_PER_LATENT:
+        raise ValueError(f"ReAE needs frame height and width that are multiples of {PIXELS_PER_LATENT}, "
                          f"got {height}x{width} (pad the frames first)")
 
 

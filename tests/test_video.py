@@ -6,6 +6,7 @@ the reader and writer share cannot hide itself.
 
 import http.server
 import io
+import os
 import queue
 import socket
 import subprocess
@@ -426,7 +427,7 @@ def test_truncated_stdin_keeps_complete_frames_then_fails():
 
 
 def test_stdin_needs_size_and_rate():
-    with pytest.raises(VideoError, match="raw_size"):
+    with pytest.raises(VideoError, match="--raw-size"):
         VideoReader("-")
 
 
@@ -528,7 +529,7 @@ def test_abort_leaves_a_playable_partial_file(tmp_path):
         writer = VideoWriter(target, reader.info, width=64, height=48, audio_from=reader)
         writer.write(reader.read(10))
         assert not target.exists()  # still under the partial name
-        assert leftovers(tmp_path) == [".out.partial.mp4"]
+        assert leftovers(tmp_path) == [f".out.partial-{os.getpid()}.mp4"]
         writer.abort()
         writer.abort()  # idempotent
     assert len(decode_all(target)) == 10

@@ -13,7 +13,7 @@ import numpy as np
 from ..backend import LoadedModel
 from ..errors import MissingPackageError, RuntimeSetupError, import_or_explain
 from ..lanes import StageStats, cpu_lanes
-from ..spec import dit_chains, export_dit_entries, pick_chain, spec_from_meta
+from ..spec import plan_from_meta, spec_from_meta
 
 
 def import_onnxruntime():
@@ -21,32 +21,12 @@ def import_onnxruntime():
                              "pip install onnxruntime   (or onnxruntime-gpu for CUDA)")
 
 
-class Graph:
-    """One ONNX graph of the export: its role, its I/O (names, shapes, dtypes) and its session."""
-
-    def __init__(self, role: str, name: str, inputs: list[dict], outputs: list[dict]):
-        self.role, self.name = role, name
-        self.entry = {"inputs": inputs, "outputs": outputs}
-        self.inputs = [t["name"] for t in inputs]
-        self.outputs = [t["name"] for t in outputs]
-        self.dtypes = {t["name"]: t["dtype"] for t in inputs + outputs}
-        self.session = None
-
-
-def graphs_from_export_json(meta: dict) -> list[Graph]:
-    g = meta["graphs"]
-    entries = [("encoder", g["encoder"])] + [("dit", p) for p in export_dit_entries(g)] + [("decoder", g["decoder"])]
-    return [Graph(role, e["file"], e["inputs"], e["outputs"]) for role, e in entries]
-
-
-def graphs_from_manifest(manifest: dict) -> list[Graph]:
-    return [Graph(e["role"], e["member"], e["inputs"], e["outputs"]) for e in manifest["engines"]]
-
-
 class OnnxModel(LoadedModel):
-    def __init__(self, meta: dict, graphs: list[Graph], load_graph, source: str, *, device: str | None = None,
-                 threads: int | None = None):
-        """load_graph(graph, session_options, providers) -> InferenceSession: from a file or bundle bytes."""
+    def __init__(self, meta: dict, load_graph, source: str, *, device: str | None = None,
+                 threads: int | None = None, meta_file: str | None = None):
+        """meta: export.json (meta_file: its path, for errors) or a cpu bundle's manifest.
+        load_graph(graph (export.contract.Graph), session_options, providers) -> InferenceSession:
+        from a file or bundle bytes."""
         ort = import_onnxruntime()
         self.ort = ort
         available = ort.get_available_providers()
@@ -67,17 +47,13 @@ class OnnxModel(LoadedModel):
         if self.spec.precision == "bf16":
             raise RuntimeSetupError(f"{source} is bf16; ONNX Runtime's kernels (and numpy) lack bf16. Export "
                                     f"fp32 or fp16 for ONNX Runtime, or run bf16 with TensorRT or torch")
-        for graph in graphs:
-            graph.session = load_graph(graph, session_options(ort, threads), providers)
-        self.graphs = graphs
-        self.encoder = next(g for g in graphs if g.role == "encoder")
-        dit = [g for g in graphs if g.role == "dit"]
-        # one chain of DiT graphs per latent-frame count the chunk protocol uses
-        self.dit_chains = dit_chains(dit, lambda graph: graph.entry["inputs"])
-        self.decoder = next(g for g in graphs if g.role == "decoder")
-        self.states = {which: [(s["input"], s["output"], tuple(s["shape"]), s["dtype"]) for s in meta["state"][which]]
-                       for which in ("encoder", "decoder")}
-        self.latent_dtype = np.dtype(dit[0].dtypes["latents"])
+        # encoder, one chain of DiT graphs per latent-frame count the chunk protocol uses, decoder
+        self.plan = plan_from_meta(meta, meta_file or source)
+        self.sessions = {graph.name: load_graph(graph, session_options(ort, threads), providers)
+                         for graph in self.plan.graphs()}
+        self.states = {which: [(s.input, s.output, tuple(s.shape), s.dtype) for s in pairs]
+                       for which, pairs in self.plan.state.items()}
+        self.latent_dtype = np.dtype(self.plan.encoder.tensor("latents").dtype)
 
     def kernels(self):
         return OnnxKernels(self)
@@ -93,14 +69,15 @@ class OnnxKernels:
     def _value(self, array: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.m.device_type, self.m.device_id)
 
-    def _run(self, graph: Graph, inputs: dict) -> dict:
-        binding = graph.session.io_binding()
-        for name in graph.inputs:
+    def _run(self, graph, inputs: dict) -> dict:
+        session = self.m.sessions[graph.name]
+        binding = session.io_binding()
+        for name in graph.input_names:
             binding.bind_ortvalue_input(name, inputs[name])
-        for name in graph.outputs:
+        for name in graph.output_names:
             binding.bind_output(name, self.m.device_type, self.m.device_id)
-        graph.session.run_with_iobinding(binding)
-        return dict(zip(graph.outputs, binding.get_outputs()))
+        session.run_with_iobinding(binding)
+        return dict(zip(graph.output_names, binding.get_outputs()))
 
     def host_frames(self, count: int) -> np.ndarray:
         width, height = self.m.spec.input_size
@@ -113,17 +90,17 @@ class OnnxKernels:
         return {name: self._value(np.zeros(shape, dtype)) for name, _, shape, dtype in self.m.states[which]}
 
     def encode(self, frames, state: dict):
-        out = self._run(self.m.encoder, {"frames": frames, **state})
+        out = self._run(self.m.plan.encoder, {"frames": frames, **state})
         return out["latents"], {name: out[output] for name, output, _, _ in self.m.states["encoder"]}
 
     def dit(self, latents):
         values = {"latents": latents}
-        for part in pick_chain(self.m.dit_chains, latents.shape()[2]):   # whole, or parts chained by name
+        for part in self.m.plan.chain(latents.shape()[2]):   # whole, or parts chained by name
             values.update(self._run(part, values))
         return values["restored"]
 
     def decode(self, latents, state: dict):
-        out = self._run(self.m.decoder, {"latents": latents, **state})
+        out = self._run(self.m.plan.decoder, {"latents": latents, **state})
         return out["frames"], {name: out[output] for name, output, _, _ in self.m.states["decoder"]}
 
     def download(self, frames, start: int, count: int) -> np.ndarray:
@@ -149,15 +126,15 @@ class OnnxKernels:
 
 
 def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
-    import json
     from pathlib import Path
+    from export.contract import read_json
     folder = Path(path)
-    meta = json.loads((folder / "export.json").read_text())
     ort = import_onnxruntime()
+    meta = read_json(folder / "export.json", "export.json")
 
-    def load(graph: Graph, options, providers):
-        return ort.InferenceSession(str(folder / graph.name), options, providers=providers)
-    return OnnxModel(meta, graphs_from_export_json(meta), load, str(folder), device=device, threads=threads)
+    def load(graph, options, providers):
+        return ort.InferenceSession(str(folder / graph.file), options, providers=providers)
+    return OnnxModel(meta, load, str(folder), device=device, threads=threads, meta_file=str(folder / "export.json"))
 
 
 def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
@@ -167,16 +144,16 @@ def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
     manifest = bundle.manifest
     files_of = {e["member"]: e["files"] for e in manifest["engines"]}
 
-    def load(graph: Graph, options, providers):
-        data_files = [f for f in files_of[graph.name] if f != graph.name]
+    def load(graph, options, providers):
+        data_files = [f for f in files_of[graph.file] if f != graph.file]   # graph.file: its member
         views = [bundle.view(f) for f in data_files]
         if data_files:
             options.add_external_initializers_from_files_in_memory(data_files, views, [len(v) for v in views])
-        session = ort.InferenceSession(bundle.read(graph.name), options, providers=providers)
+        session = ort.InferenceSession(bundle.read(graph.file), options, providers=providers)
         for view in views:           # ORT has copied the weights; the bundle may be closed now
             view.release()
         return session
-    return OnnxModel(manifest, graphs_from_manifest(manifest), load, str(bundle.path), device=device, threads=threads)
+    return OnnxModel(manifest, load, str(bundle.path), device=device, threads=threads)
 
 
 def session_options(ort, threads: int | None):

@@ -22,7 +22,7 @@ from ..backend import LoadedModel
 from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
 from ..errors import MissingPackageError, RuntimeSetupError
 from ..lanes import StageStats, cuda_lanes
-from ..spec import dit_chains, pick_chain, spec_from_meta
+from ..spec import plan_from_meta, spec_from_meta
 
 INSTALL = {"tensorrt-rtx": "pip install tensorrt-rtx",
            "tensorrt": 'pip install "tensorrt>=10.14"   (from NVIDIA\'s index, https://pypi.nvidia.com)'}
@@ -36,6 +36,13 @@ def import_tensorrt(flavour: str):
         return flavours.import_tensorrt(flavour)
     except ImportError as e:
         raise MissingPackageError(f"a {flavour} bundle", MODULES[flavour], INSTALL[flavour], e.__cause__ or e) from None
+
+
+def execution_plan(manifest: dict, source: str):
+    """What TensorRTKernels executes, from the manifest alone (no GPU, no TensorRT): the engines by
+    name, the DiT chain per latent-frame count (each part fed `latents` and the parts before it),
+    the state pairs. An export.contract.Contract; a RuntimeSetupError names what does not fit."""
+    return plan_from_meta(manifest, source)
 
 
 class TensorRTModel(LoadedModel):
@@ -80,10 +87,9 @@ class TensorRTModel(LoadedModel):
             if engine is None:
                 raise RuntimeSetupError(f"{bundle.path}: TensorRT could not deserialize {entry['member']} (see the "
                                         f"TensorRT messages above)")
-            self.engines[entry["name"]] = (entry, engine)
-        self.order = [e["name"] for e in manifest["engines"]]
-        self.states = {which: [(s["input"], s["output"]) for s in manifest["state"][which]]
-                       for which in ("encoder", "decoder")}
+            self.engines[entry["name"]] = engine
+        self.plan = execution_plan(manifest, str(bundle.path))
+        self.states = {which: [(s.input, s.output) for s in pairs] for which, pairs in self.plan.state.items()}
 
     def kernels(self):
         return TensorRTKernels(self)
@@ -103,35 +109,28 @@ class TensorRTModel(LoadedModel):
 class TensorRTKernels:
     def __init__(self, model: TensorRTModel):
         self.m, self.cuda = model, model.cuda
-        self.contexts, self.io = {}, {}
-        for name in model.order:
-            entry, engine = model.engines[name]
-            context = engine.create_execution_context()
+        self.plan, self.contexts = model.plan, {}
+        for graph in self.plan.graphs():
+            context = model.engines[graph.name].create_execution_context()
             if context is None:
-                raise RuntimeSetupError(f"TensorRT could not create an execution context for {name} "
+                raise RuntimeSetupError(f"TensorRT could not create an execution context for {graph.name} "
                                         f"(out of GPU memory?)")
-            self.contexts[name] = context
-            self.io[name] = ([t["name"] for t in entry["inputs"]], {t["name"]: t["dtype"] for t in entry["outputs"]})
-        roles = {name: model.engines[name][0]["role"] for name in model.order}
-        self.encoder = next(n for n in model.order if roles[n] == "encoder")
-        self.dit_chains = dit_chains([n for n in model.order if roles[n] == "dit"],
-                                     lambda name: model.engines[name][0]["inputs"])
-        self.decoder = next(n for n in model.order if roles[n] == "decoder")
+            self.contexts[graph.name] = context
         self.pinned = PinnedPool(self.cuda)
 
-    def _execute(self, name: str, inputs: dict) -> dict:
-        context = self.contexts[name]
-        input_names, output_dtypes = self.io[name]
-        for tensor in input_names:
+    def _execute(self, graph, inputs: dict) -> dict:
+        """Run one engine: `graph` is its export.contract.Graph (tensor names and dtypes)."""
+        context = self.contexts[graph.name]
+        for tensor in graph.input_names:
             array = inputs[tensor]
             context.set_input_shape(tensor, array.shape)
             context.set_tensor_address(tensor, array.ptr)
         outputs = {}
-        for tensor, dtype in output_dtypes.items():
-            outputs[tensor] = DeviceArray(self.cuda, context.get_tensor_shape(tensor), dtype)
-            context.set_tensor_address(tensor, outputs[tensor].ptr)
+        for t in graph.outputs:
+            outputs[t.name] = DeviceArray(self.cuda, context.get_tensor_shape(t.name), t.dtype)
+            context.set_tensor_address(t.name, outputs[t.name].ptr)
         if not context.execute_async_v3(self.cuda.stream.handle):
-            raise RuntimeError(f"TensorRT failed to enqueue {name} (see the TensorRT messages above)")
+            raise RuntimeError(f"TensorRT failed to enqueue {graph.name} (see the TensorRT messages above)")
         return outputs
 
     def host_frames(self, count: int) -> np.ndarray:
@@ -148,7 +147,7 @@ class TensorRTKernels:
         return frames
 
     def zero_state(self, which: str) -> dict:
-        _, engine = self.m.engines[self.encoder if which == "encoder" else self.decoder]
+        engine = self.m.engines[(self.plan.encoder if which == "encoder" else self.plan.decoder).name]
         state = {}
         for name, _ in self.m.states[which]:
             dtype = _numpy_name(self.m.trt, engine.get_tensor_dtype(name))
@@ -161,17 +160,17 @@ class TensorRTKernels:
         return array
 
     def encode(self, frames, state: dict):
-        out = self._execute(self.encoder, {"frames": frames, **state})
+        out = self._execute(self.plan.encoder, {"frames": frames, **state})
         return out["latents"], {name: out[output] for name, output in self.m.states["encoder"]}
 
     def dit(self, latents):
         values = {"latents": latents}
-        for name in pick_chain(self.dit_chains, latents.shape[2]):
-            values.update(self._execute(name, values))
+        for part in self.plan.chain(latents.shape[2]):   # whole, or parts chained by name
+            values.update(self._execute(part, values))
         return values["restored"]
 
     def decode(self, latents, state: dict):
-        out = self._execute(self.decoder, {"latents": latents, **state})
+        out = self._execute(self.plan.decoder, {"latents": latents, **state})
         return out["frames"], {name: out[output] for name, output in self.m.states["decoder"]}
 
     def download(self, frames: DeviceArray, start: int, count: int) -> np.ndarray:

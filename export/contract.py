@@ -1,0 +1,368 @@
+"""The graph contract between export/ (writes it), engines/ (bundles it) and runtime/ (runs it).
+
+Every stage reads and writes export.json's `graphs` and `state`, and the bundle manifest's copy of
+them (its `engines` list and `state`), through this module and nothing else: one parser, one set
+of checks, one way to chain the DiT parts. The format is docs/export-format.md.
+
+Standard library only: the runtime imports it without torch, onnx or numpy (export/__init__.py
+imports nothing).
+
+    meta, contract = read_export_json("exports/tiny")      # checked; ContractError says what is wrong
+    contract.chain(7)                                       # the DiT parts the runtime runs for F = 7
+    contract = contract_from_manifest(bundle.manifest, "360p.plan")
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT, VERSION = "swiftvr-export", 1
+READABLE_VERSIONS = (1,)
+LATENTS, RESTORED, FRAMES = "latents", "restored", "frames"
+STATE_IN, STATE_OUT = "state_in.", "state_out."
+
+
+class ContractError(ValueError):
+    """An export.json or bundle manifest whose graphs, DiT chains or states do not fit together."""
+
+
+def hidden_name(block: int) -> str:
+    """The DiT part boundary: the token sequence entering transformer block `block`."""
+    return f"hidden.{block}"
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith("hidden.")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple          # ints; a string names a dynamic dim (its range is in the graph's `dynamic`)
+    dtype: str            # numpy name: uint8, float16, bfloat16, float32
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str                       # "encoder", "dit.f6.0", "decoder": how engines and members are named
+    role: str                       # "encoder" | "dit" | "decoder"
+    file: str                       # export.json: the .onnx file; bundle manifest: the member
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    dynamic: dict                   # {"T": {"min", "opt", "max"}}
+    blocks: tuple[int, int] | None = None     # DiT part: transformer blocks [first, end)
+    latent_frames: int | None = None          # DiT part: the F of its chain
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def tensor(self, name: str) -> Tensor:
+        return next(t for t in self.inputs + self.outputs if t.name == name)
+
+    def to_json(self) -> dict:
+        """The graph's export.json entry."""
+        entry = {"file": self.file, "inputs": [t.to_json() for t in self.inputs],
+                 "outputs": [t.to_json() for t in self.outputs], "dynamic": self.dynamic}
+        if self.role == "dit":
+            entry["blocks"] = list(self.blocks) if self.blocks else None
+        return entry
+
+    def describe(self) -> str:
+        """"dit.f6.1.engine  hidden.10 -> hidden.20" (state tensors counted, not listed)."""
+        def names(tensors, prefix):
+            shown = [t.name for t in tensors if not t.name.startswith(prefix)]
+            states = len(tensors) - len(shown)
+            return ", ".join(shown + ([f"{states} state" + "s" * (states != 1)] if states else []))
+        return f"{self.file}  {names(self.inputs, STATE_IN)} -> {names(self.outputs, STATE_OUT)}"
+
+
+@dataclass(frozen=True)
+class StatePair:
+    """`state_in.X` of a graph, fed back from its `state_out.X` of the previous chunk."""
+    input: str
+    output: str
+    shape: tuple
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"input": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The graphs and how they connect: what a runtime executes, in order."""
+    encoder: Graph
+    dit: dict[int, tuple[Graph, ...]]          # latent frames F -> the DiT parts, in chain order
+    decoder: Graph
+    state: dict[str, tuple[StatePair, ...]]    # "encoder", "decoder"
+
+    def graphs(self) -> list[Graph]:
+        """Encoder, the DiT parts of every F (ascending), decoder: the order of a bundle's engines."""
+        return [self.encoder, *(part for f in sorted(self.dit) for part in self.dit[f]), self.decoder]
+
+    def chain(self, frames: int) -> tuple[Graph, ...]:
+        """The DiT parts to run, in order, for latents of `frames` frames: feed `latents` and every
+        part's outputs to the next part; the last one gives `restored`."""
+        if frames not in self.dit:
+            raise ContractError(f"no DiT graph takes {frames} latent frames (the graphs take {sorted(self.dit)})")
+        return self.dit[frames]
+
+    def to_json(self) -> tuple[dict, dict]:
+        """export.json's (`graphs`, `state`)."""
+        graphs = {"encoder": self.encoder.to_json(),
+                  "dit": {str(f): [p.to_json() for p in self.dit[f]] for f in sorted(self.dit)},
+                  "decoder": self.decoder.to_json()}
+        return graphs, {which: [p.to_json() for p in pairs] for which, pairs in self.state.items()}
+
+    def describe(self) -> list[str]:
+        """The execution plan, one line per graph: what `python -m engines.inspect` prints."""
+        lines = [f"  encoder   {self.encoder.describe()}"]
+        for f in sorted(self.dit):
+            for k, part in enumerate(self.dit[f]):
+                lines.append(f"  {'dit F=' + str(f) if k == 0 else '':<9} {part.describe()}")
+        lines.append(f"  decoder   {self.decoder.describe()}")
+        return lines
+
+
+# ---- building one ------------------------------------------------------------------------------
+
+def make_contract(encoder: Graph, dit: dict[int, list[Graph]], decoder: Graph, latent_frames,
+                  where: str) -> Contract:
+    """A checked contract, its state pairs read from the graphs' state_in./state_out. tensors.
+    latent_frames: the F the chunk protocol calls the DiT with (chunk.dit_latent_frames)."""
+    contract = Contract(encoder, {int(f): tuple(parts) for f, parts in dit.items()}, decoder,
+                        {"encoder": state_pairs(encoder, where), "decoder": state_pairs(decoder, where)})
+    check(contract, latent_frames, where)
+    return contract
+
+
+def state_pairs(graph: Graph, where: str) -> tuple[StatePair, ...]:
+    outputs = {t.name: t for t in graph.outputs}
+    pairs = []
+    for t in graph.inputs:
+        if t.name.startswith(STATE_IN):
+            out = STATE_OUT + t.name[len(STATE_IN):]
+            if out not in outputs:
+                raise ContractError(f"{where}: {graph.file} takes {t.name} but has no output {out} to feed it back")
+            if (outputs[out].shape, outputs[out].dtype) != (t.shape, t.dtype):
+                raise ContractError(f"{where}: {graph.file}: {t.name} is {t.dtype} {list(t.shape)} but {out} is "
+                                    f"{outputs[out].dtype} {list(outputs[out].shape)}")
+            pairs.append(StatePair(t.name, out, t.shape, t.dtype))
+    return tuple(pairs)
+
+
+# ---- checks ------------------------------------------------------------------------------------
+
+def check(contract: Contract, latent_frames, where: str) -> None:
+    """Raise ContractError naming `where` and the first thing that does not fit."""
+    for graph, takes, gives in ((contract.encoder, FRAMES, LATENTS), (contract.decoder, LATENTS, FRAMES)):
+        if takes not in graph.input_names or gives not in graph.output_names:
+            raise ContractError(f"{where}: the {graph.role} {graph.file} must take {takes!r} and give {gives!r} "
+                                f"(it takes {graph.input_names}, gives {graph.output_names})")
+    for graph in contract.graphs():
+        for t in graph.inputs:
+            for dim in t.shape:
+                if isinstance(dim, str) and dim not in graph.dynamic:
+                    raise ContractError(f"{where}: {graph.file}: input {t.name} has dynamic dim {dim!r} with no "
+                                        f"range in 'dynamic' ({sorted(graph.dynamic)})")
+    missing = sorted(set(latent_frames) - set(contract.dit))
+    if missing:
+        raise ContractError(f"{where}: the chunk protocol calls the DiT with {sorted(latent_frames)} latent frames "
+                            f"but there is no DiT graph for {missing} (graphs for {sorted(contract.dit)})")
+    for frames, parts in contract.dit.items():
+        check_chain(frames, parts, where)
+
+
+def check_chain(frames: int, parts, where: str) -> None:
+    """Part 0 takes `latents`; part k > 0 takes the `hidden.<b>` part k-1 gives (and may take
+    `latents` again); the last part gives `restored`, every other part exactly one `hidden.<b>`."""
+    what = f"{where}: DiT chain for {frames} latent frames"
+    if not parts:
+        raise ContractError(f"{what} has no parts")
+    given = None                      # the boundary the previous part gave
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        name = f"{what}, part {k} ({part.file})"
+        if part.latent_frames not in (None, frames):
+            raise ContractError(f"{name} is recorded for {part.latent_frames} latent frames")
+        takes = part.input_names
+        hidden_in = [n for n in takes if is_hidden(n)]
+        expected = [given] if given else []
+        if hidden_in != expected or any(n != LATENTS for n in takes if not is_hidden(n)) or \
+                (k == 0 and LATENTS not in takes):
+            wanted = ", ".join(([LATENTS] if k == 0 else []) + expected + ([] if k == 0 else [f"optionally {LATENTS}"]))
+            raise ContractError(f"{name} takes {takes}; it must take {wanted}"
+                                + (f" (the boundary part {k - 1} gives)" if given else ""))
+        if LATENTS in takes:
+            shape = part.tensor(LATENTS).shape
+            if len(shape) != 5 or shape[2] != frames:
+                raise ContractError(f"{name}: its latents are {list(shape)}, not [1, C, {frames}, h, w]")
+        gives = part.output_names
+        if last:
+            if gives != [RESTORED]:
+                raise ContractError(f"{name} is the last part and gives {gives}; it must give only {RESTORED!r}")
+        elif len(gives) != 1 or not is_hidden(gives[0]):
+            raise ContractError(f"{name} gives {gives}; a part before the last must give exactly one "
+                                f"'hidden.<block>' boundary for part {k + 1}")
+        if part.blocks is not None:
+            first, end = part.blocks
+            start = parts[k - 1].blocks[1] if k and parts[k - 1].blocks else 0
+            if first != start or end <= first:
+                raise ContractError(f"{name} has blocks {list(part.blocks)}; it must start at block {start}")
+            if not last and gives[0] != hidden_name(end):
+                raise ContractError(f"{name} ends before block {end} but names its boundary {gives[0]!r}, "
+                                    f"not {hidden_name(end)!r}")
+        given = None if last else gives[0]
+
+
+# ---- export.json -------------------------------------------------------------------------------
+
+def _tensor(t, where: str) -> Tensor:
+    if not isinstance(t, dict) or not {"name", "shape", "dtype"} <= set(t):
+        raise ContractError(f"{where}: a tensor must have name, shape and dtype, not {t!r}")
+    return Tensor(t["name"], tuple(t["shape"]), t["dtype"])
+
+
+def graph_from_json(entry, role: str, where: str, name: str | None = None, latent_frames=None) -> Graph:
+    """A Graph from its export.json entry (or a manifest engine entry, with the member as "file")."""
+    need = ("file", "inputs", "outputs")
+    if not isinstance(entry, dict) or any(k not in entry for k in need):
+        raise ContractError(f"{where}: a graph entry needs {', '.join(need)}; got {entry!r:.200}")
+    inputs = tuple(_tensor(t, f"{where} {entry['file']} inputs") for t in entry["inputs"])
+    outputs = tuple(_tensor(t, f"{where} {entry['file']} outputs") for t in entry["outputs"])
+    blocks = entry.get("blocks")
+    return Graph(name or entry["file"].removesuffix(".onnx"), role, entry["file"], inputs, outputs,
+                 entry.get("dynamic") or {}, tuple(blocks) if blocks else None, latent_frames)
+
+
+def contract_from_json(meta: dict, where: str) -> Contract:
+    """From export.json (as parsed): its `graphs`, `state` and `chunk.dit_latent_frames`."""
+    graphs = meta.get("graphs")
+    if not isinstance(graphs, dict):
+        raise ContractError(f"{where} has no 'graphs'")
+    for role in ("encoder", "dit", "decoder"):
+        if role not in graphs:
+            raise ContractError(f"{where}: 'graphs' has no {role!r} graph (it has {sorted(graphs)})")
+    dit = graphs["dit"]
+    if not isinstance(dit, dict) or "file" in dit or not all(isinstance(p, list) for p in dit.values()):
+        raise ContractError(f"{where}: graphs.dit must map each latent-frame count to its parts in chain order "
+                            f'({{"6": [part, ...], "7": [...]}}), not {json.dumps(dit)[:120]}')
+    try:
+        counts = {int(f): f for f in dit}
+    except ValueError:
+        raise ContractError(f"{where}: graphs.dit keys must be latent-frame counts, not {sorted(dit)}") from None
+    chains = {f: [graph_from_json(p, "dit", f"{where} graphs.dit[{key!r}]", latent_frames=f) for p in dit[key]]
+              for f, key in counts.items()}
+    contract = make_contract(graph_from_json(graphs["encoder"], "encoder", f"{where} graphs.encoder"), chains,
+                             graph_from_json(graphs["decoder"], "decoder", f"{where} graphs.decoder"),
+                             _latent_frames(meta, where), where)
+    _check_recorded_state(contract, meta, where)
+    return contract
+
+
+def _latent_frames(meta: dict, where: str) -> list[int]:
+    frames = (meta.get("chunk") or {}).get("dit_latent_frames")
+    if not frames:
+        raise ContractError(f"{where} has no chunk.dit_latent_frames (the DiT calls the chunk protocol makes)")
+    return frames
+
+
+def _check_recorded_state(contract: Contract, meta: dict, where: str) -> None:
+    """The `state` section says what the graphs' state tensors say."""
+    recorded = meta.get("state") or {}
+    for which, pairs in contract.state.items():
+        if recorded.get(which, []) != [p.to_json() for p in pairs]:
+            raise ContractError(f"{where}: state.{which} does not list the {which}'s state_in./state_out. "
+                                f"tensors ({[p.input for p in pairs]})")
+
+
+def export_json(fields: dict, contract: Contract) -> dict:
+    """export.json: `fields` (format, sizes, chunk, ...) with the contract's graphs and state."""
+    graphs, state = contract.to_json()
+    meta = {"format": FORMAT, "version": VERSION, **fields, "graphs": graphs, "state": state}
+    contract_from_json(meta, "export.json")    # what is written must read back
+    return meta
+
+
+def write_export_json(folder, meta: dict) -> Path:
+    path = Path(folder) / "export.json"
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ContractError(f"{path} is damaged ({what} is not JSON: {e})") from None
+    if not isinstance(meta, dict):
+        raise ContractError(f"{path}: {what} is not a JSON object")
+    return meta
+
+
+def read_export_json(folder) -> tuple[dict, Contract]:
+    """export.json of an export folder, checked: (everything in it, its contract)."""
+    path = Path(folder) / "export.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an export folder: no export.json "
+                                f"(make one with `python -m export ... --out {folder}`)")
+    meta = read_json(path, "export.json")
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
+        raise ContractError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+                            f"this code reads {FORMAT!r} versions {list(READABLE_VERSIONS)}")
+    return meta, contract_from_json(meta, str(path))
+
+
+# ---- the bundle manifest -----------------------------------------------------------------------
+# A bundle's `engines` list holds every graph in Contract.graphs() order, each with its role, the
+# member it is stored as, and (DiT parts) its chain's `latent_frames`; `state` is export.json's.
+
+def engine_entry(graph: Graph, member: str) -> dict:
+    """The contract's part of a bundle manifest `engines` entry (engines/ adds files, hashes, build
+    records). Inputs with dynamic dims carry the "min"/"opt"/"max" shapes a TensorRT profile uses."""
+    inputs = []
+    for t in graph.inputs:
+        entry = t.to_json()
+        if any(isinstance(d, str) for d in t.shape):
+            for which in ("min", "opt", "max"):
+                entry[which] = [graph.dynamic[d][which] if isinstance(d, str) else d for d in t.shape]
+        inputs.append(entry)
+    return {"name": graph.name, "role": graph.role, "member": member, "blocks": list(graph.blocks) if graph.blocks
+            else None, "latent_frames": graph.latent_frames, "inputs": inputs,
+            "outputs": [t.to_json() for t in graph.outputs], "dynamic": graph.dynamic}
+
+
+def contract_from_manifest(manifest: dict, where: str) -> Contract:
+    """From a bundle manifest: the plan a runtime executes, checked as export.json is."""
+    engines = manifest.get("engines")
+    if not isinstance(engines, list):
+        raise ContractError(f"{where}: the manifest has no 'engines' list")
+    graphs = {"encoder": [], "dit": {}, "decoder": []}
+    for i, entry in enumerate(engines):
+        role = entry.get("role") if isinstance(entry, dict) else None
+        if role not in graphs or "member" not in entry or "name" not in entry:
+            raise ContractError(f"{where}: engines[{i}] needs a name, a member and a role of encoder, dit or "
+                                f"decoder; got {entry!r:.200}")
+        graph = graph_from_json({**entry, "file": entry["member"]}, role, f"{where} engines[{i}]", entry["name"],
+                       entry.get("latent_frames"))
+        if role == "dit":
+            if not isinstance(graph.latent_frames, int):
+                raise ContractError(f"{where}: DiT engine {entry['name']} does not say which latent-frame count it "
+                                    f"serves (no 'latent_frames'); rebuild the bundle with python -m engines")
+            graphs["dit"].setdefault(graph.latent_frames, []).append(graph)
+        else:
+            graphs[role].append(graph)
+    for role in ("encoder", "decoder"):
+        if len(graphs[role]) != 1:
+            raise ContractError(f"{where}: the manifest must have one {role} engine, not {len(graphs[role])}")
+    contract = make_contract(graphs["encoder"][0], graphs["dit"], graphs["decoder"][0],
+                             _latent_frames(manifest, where), where)
+    _check_recorded_state(contract, manifest, where)
+    return contract
