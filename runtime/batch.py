@@ -222,7 +222,7 @@ class BatchRun:
         self.slots: list[WorkerSlot] = []
         self.results: list[FileResult] = []
         self.events: list[str] = []      # what happened (deaths, retries), for the summary
-        self.seconds = 0.0
+        self.seconds = self.ready_seconds = 0.0
 
     def start_worker(self) -> WorkerSlot:
         import ray
@@ -255,6 +255,7 @@ class BatchRun:
                 self.shutdown()
                 raise RuntimeSetupError(f"a worker could not load {self.engine}: {_cause(e)}") from None
             slot.pid, slot.name = hello["pid"], hello["name"]
+        self.ready_seconds = time.perf_counter() - start     # loading the workers' models
         try:
             while todo or any(s.job for s in self.slots):
                 for slot in self.slots:
@@ -355,6 +356,7 @@ def summary_table(results: list[FileResult], events: list[str], seconds: float) 
 def report(run: BatchRun) -> dict:
     ok = [r for r in run.results if r.status == "ok"]
     return {"engine": run.engine, "workers": run.workers, "gpus_per_worker": run.gpus, "seconds": round(run.seconds, 3),
+            "workers_ready_seconds": round(run.ready_seconds, 3),
             "files_per_second": round(len(ok) / run.seconds, 4) if run.seconds else 0,
             "counts": {s: sum(r.status == s for r in run.results) for s in ("ok", "failed", "skipped")},
             "events": run.events,

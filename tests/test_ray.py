@@ -140,8 +140,9 @@ def test_concurrent_streams_equal_each_alone_and_a_dead_replica_loses_only_its_s
         for i, (stream, clip) in enumerate(zip(streams, clips)):
             n = sizes[(step + i) % len(sizes)]
             if at[i] < len(clip):
-                outs[i].append(stream.push(clip[at[i]:at[i] + n]))
-                at[i] += n
+                piece = clip[at[i]:at[i] + n]
+                outs[i].append(stream.push(piece))
+                at[i] += len(piece)
     assert at == [len(c) for c in clips]
     for i, stream in enumerate(streams):
         outs[i].append(stream.flush())
