@@ -12,8 +12,8 @@ temporary files are removed by name: they carry its process id) and the file goe
 worker, at most --retries times. A file that is damaged or cannot be decoded fails alone.
 A re-run skips files whose output exists (complete by construction), so a killed batch resumes.
 
-Without --address a local Ray cluster is started for this run, bound to 127.0.0.1 with no
-dashboard. Ray's endpoints have no authentication worth the name: never expose them (README).
+Without --address a local Ray cluster is started for this run, with no dashboard, jobs API or
+Ray Client server. Ray's endpoints must never face an untrusted network (README).
 Exit status: 0 every file ok or skipped; 1 some file failed; 2 bad arguments.
 """
 import argparse
@@ -367,8 +367,9 @@ def report(run: BatchRun) -> dict:
 # ---- command line --------------------------------------------------------------------------------
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join a cluster (address "auto" or "ray://host:10001"), or start a private local one bound
-    to 127.0.0.1 with no dashboard (nothing of it faces the network)."""
+    """Join a cluster (address "auto" or "ray://host:10001"), or start a private local one with no
+    dashboard, jobs API or Ray Client server. Ray's own gRPC ports still listen on every interface
+    (Ray offers no localhost-only switch): firewall them (README, "Scale out on Ray")."""
     import ray
     if ray.is_initialized():
         return
@@ -376,7 +377,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

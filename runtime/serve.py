@@ -396,7 +396,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", required=True, help="bundle file or export folder, readable on every node")
     p.add_argument("--backend", help="tensorrt, onnxruntime or torch (default: from the bundle)")
     p.add_argument("--replicas", type=int, default=1, help="actors, one loaded model each (default 1)")
-    p.add_argument("--address", help="Ray cluster: auto, ray://HOST:10001 (default: a local cluster on 127.0.0.1)")
+    p.add_argument("--address", help="Ray cluster: auto, ray://HOST:10001 (default: a private local cluster)")
     p.add_argument("--gpus-per-replica", type=float, help="Ray num_gpus per replica (default: 1 with GPUs, else 0)")
     p.add_argument("--cpus-per-replica", type=float, default=1, help="Ray num_cpus per replica (default 1)")
     p.add_argument("--max-streams", type=int, default=4, help="streams per replica before 'busy' (default 4)")

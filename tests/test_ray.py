@@ -1,4 +1,4 @@
-"""runtime.batch and runtime.serve on a local Ray cluster (2 CPUs, 127.0.0.1, no dashboard).
+"""runtime.batch and runtime.serve on a local Ray cluster (2 CPUs, no dashboard, 200 MB object store).
 
 One cluster for the whole module (Ray starts slowly on 2 cores), so every test here runs in one
 pytest-xdist worker (xdist_group, with `--dist loadgroup` in the Makefile). Workers restore with
@@ -25,8 +25,7 @@ TOKEN = "test-token-" + "x" * 20
 @pytest.fixture(scope="module")
 def cluster():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2, log_to_driver=False)
     yield
     ray.shutdown()
 
