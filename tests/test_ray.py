@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_runtime import PY, REPO, SIZE, check_close, cpu_bundle, decoded_frames, make_clip, moving_frames  # noqa: F401
+from test_runtime import PY, REPO, SIZE, cpu_bundle, decoded_frames, make_clip, moving_frames  # noqa: F401
 from test_runtime import audio_payloads, video_stream_facts
 from test_stream import frame_times
 
@@ -94,12 +94,12 @@ def test_batch_equals_stream_retries_a_killed_worker_fails_a_bad_file_and_resume
 
 def test_batch_cli_writes_the_summary_and_report(cluster, cpu_bundle, tmp_path):
     import json
-    from runtime import batch
+    from runtime.batch.cli import main
     make_clip(tmp_path / "a.mkv", moving_frames(9, *SIZE), audio=False)
     (tmp_path / "bad.mkv").write_text("not a video")
     listing = tmp_path / "list.txt"
     listing.write_text(f"# two files\n{tmp_path / 'a.mkv'}\n{tmp_path / 'bad.mkv'}\n")
-    code = batch.main(["--engine", str(cpu_bundle), "--input-list", str(listing), "--out", str(tmp_path / "out"),
+    code = main(["--engine", str(cpu_bundle), "--input-list", str(listing), "--out", str(tmp_path / "out"),
                        "--workers", "1", "--ext", "mp4", "--no-progress"])
     assert code == 1                                   # one file failed
     report = json.loads((tmp_path / "out" / "batch-report.json").read_text())

@@ -1,6 +1,6 @@
 """Throughput of runtime.batch with 1..N workers against the same restores in one process.
 
-  python -m runtime.batch_bench --engine BUNDLE [--files 12] [--frames 48] [--workers 1 2] [--json FILE]
+  python -m runtime.batch.bench --engine BUNDLE [--files 12] [--frames 48] [--workers 1 2] [--json FILE]
 
 Makes --files demo clips of the bundle's input size, then in one Ray cluster:
   * baseline: every file through restore_file (the function runtime.stream and each batch worker
@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.batch_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m runtime.batch.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", required=True)
     p.add_argument("--files", type=int, default=12)
@@ -34,9 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the numbers here")
     a = p.parse_args(argv)
 
-    from . import load_bundle
-    from .batch import BatchRun, connect_ray, find_inputs, plan_jobs, restore_file
-    from .democlip import write_demo_clip
+    from .. import load_bundle
+    from . import BatchRun, connect_ray, find_inputs, plan_jobs, restore_file
+    from ..democlip import write_demo_clip
 
     model = load_bundle(a.engine, threads=a.cpus_per_worker)
     with tempfile.TemporaryDirectory(prefix="swiftvr-batch-bench-") as tmp:
