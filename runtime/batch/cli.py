@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     import ray
     jobs = plan_jobs(a.sources, a.out, a.ext)
-    connect_ray(a.address)
+    joined = connect_ray(a.address)
     try:
         resources = ray.cluster_resources()
         gpus = a.gpus_per_worker if a.gpus_per_worker is not None else (1 if resources.get("GPU") else 0)
@@ -98,7 +98,8 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_FAILED
     finally:
-        ray.shutdown()
+        if joined:
+            ray.shutdown()
     print(summary_table(results, run.events, run.seconds), file=sys.stderr)
     report_path = Path(a.report or Path(a.out) / "batch-report.json")
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -148,15 +148,16 @@ def _cause(error) -> str:
     return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
 
 
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Join a cluster (address "auto" or "ray://host:10001"), or start a private local one with no
     dashboard, jobs API or Ray Client server. Ray's own gRPC ports still listen on every interface
     (Ray offers no localhost-only switch): firewall them (README, "Scale out on Ray")."""
     import ray
     if ray.is_initialized():
-        return
+        return False          # the caller's own cluster: not ours to shut down
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True

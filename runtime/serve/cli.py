@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import ray
     from ..batch import connect_ray
     token = service_token(a.token_file)
-    connect_ray(a.address)
+    joined = connect_ray(a.address)
     router = None
     try:
         resources = ray.cluster_resources()
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         if router is not None:           # detached: it would outlive us in a shared cluster
             ray.get(router.shutdown.remote())
             ray.kill(router)
-        ray.shutdown()
+        if joined:
+            ray.shutdown()
     return 0
 
