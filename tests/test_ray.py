@@ -199,3 +199,16 @@ def test_stream_cli_through_the_service_from_another_process(service, cpu_bundle
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(decoded_frames(served), decoded_frames(local))
     assert frame_times(served) == frame_times(local) and audio_payloads(served) == audio_payloads(local)
+
+
+def test_service_token_file_is_private_and_read_back(tmp_path, monkeypatch):
+    from runtime.serve import client, router
+    monkeypatch.delenv("SWIFTVR_SERVE_TOKEN", raising=False)
+    path = tmp_path / "conf" / "serve.token"
+    token = router.service_token(str(path))
+    assert len(token) >= 40 and path.stat().st_mode & 0o777 == 0o600
+    assert router.service_token(str(path)) == token                     # kept across restarts
+    monkeypatch.setattr(client, "DEFAULT_TOKEN_FILE", path)
+    assert client.read_token() == token
+    monkeypatch.setenv("SWIFTVR_SERVE_TOKEN", "from-env")
+    assert client.read_token() == "from-env" and client.read_token("given") == "given"
