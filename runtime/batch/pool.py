@@ -9,6 +9,7 @@ from ..errors import RuntimeSetupError
 from .jobs import FileJob, FileResult, remove_temporaries
 from .worker import RestoreWorker
 
+
 @dataclass
 class WorkerSlot:
     actor: object
@@ -71,6 +72,11 @@ class BatchRun:
         self.ready_seconds = time.perf_counter() - start     # loading the workers' models
         try:
             while todo or any(s.job for s in self.slots):
+                if not self.slots:              # every replacement failed to start
+                    for job in todo:
+                        self.results.append(FileResult(job.source, job.target, "failed", "no worker left (see "
+                                                       "the events)", attempts=job.attempts))
+                    break
                 for slot in self.slots:
                     if slot.job is None and todo:
                         slot.job, slot.frames = todo.popleft(), 0
@@ -84,7 +90,8 @@ class BatchRun:
                     try:
                         done = ray.get(slot.ref)
                     except RayActorError:
-                        self._worker_died(slot, job, todo)
+                        if self._worker_died(slot, job, todo):      # given up: reported failed
+                            files_bar.update(1)
                         continue
                     except RayTaskError as e:            # a bug in a worker, not a dead worker
                         done = {"error": f"worker error: {_cause(e)}", "worker": slot.name}
@@ -106,23 +113,31 @@ class BatchRun:
         self.results.sort(key=lambda r: order[r.source])
         return self.results
 
-    def _worker_died(self, slot: WorkerSlot, job: FileJob, todo: deque) -> None:
+    def _worker_died(self, slot: WorkerSlot, job: FileJob, todo: deque) -> bool:
+        """Clean up after a worker that died on `job`, queue the job again (or give up on it: True),
+        and put a new worker in the slot."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
         removed = remove_temporaries(job.target, slot.pid)
         note = f"worker {slot.name} died at frame {slot.frames}" + (" (its partial output removed)" if removed else "")
         job.deaths.append(note)
         self.events.append(f"{Path(job.source).name}: {note}")
-        if job.attempts > self.retries:
+        gave_up = job.attempts > self.retries
+        if gave_up:
             self.results.append(FileResult(job.source, job.target, "failed",
                                            f"{job.attempts} workers died on it: " + "; ".join(job.deaths),
                                            attempts=job.attempts))
         else:
             todo.appendleft(job)            # next free worker; the dead one is being replaced
-        fresh = self.start_worker()
-        slot.actor, slot.ref = fresh.actor, None
-        slot.pid, slot.name = None, "(starting)"
-        import ray
-        hello = ray.get(slot.actor.hello.remote())
+        slot.actor, slot.ref = self.start_worker().actor, None
+        try:
+            hello = ray.get(slot.actor.hello.remote())
+        except (RayActorError, RayTaskError) as e:
+            self.events.append(f"a replacement worker could not start: {_cause(e)}")
+            self.slots.remove(slot)
+            return gave_up
         slot.pid, slot.name = hello["pid"], hello["name"]
+        return gave_up
 
     def _poll_frames(self, frames_bar) -> None:
         import ray
