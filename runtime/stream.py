@@ -8,6 +8,7 @@
       --raw-fps 30000/1001 -o - | ffplay -f rawvideo -pixel_format rgb24 -video_size 960x540 -
   python -m runtime.stream --engine E rtsp://camera/live -o srt://host:9000 --input-option rtsp_transport=tcp
   python -m runtime.stream --engine E --benchmark
+  python -m runtime.stream --serve auto in.mp4 -o out.mp4      (through a runtime.serve service on Ray)
 
 Inputs: files, image sequences (folder or frames/%05d.png), "-" (raw RGB24 on stdin), URLs.
 Outputs: files (written to a temporary name, renamed when complete), image sequences, "-" (raw
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(the default)")
     m = p.add_argument_group("model")
     m.add_argument("--engine", help="bundle file (engines/<res>.plan) or export folder")
+    m.add_argument("--serve", metavar="ADDRESS", help="restore on a runtime.serve service in the Ray cluster at "
+                                                      "ADDRESS (auto, ray://HOST:10001) instead of loading a model")
     m.add_argument("--backend", choices=BACKENDS, help="default: tensorrt for GPU bundles, onnxruntime for cpu "
                                                         "bundles and export folders")
     m.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when the backend has one)")
@@ -126,6 +129,9 @@ def check_args(a: argparse.Namespace) -> None:
             parse_size(getattr(a, flag))
     if a.raw_fps:
         parse_rate(a.raw_fps)
+    if a.serve and (a.engine or a.checkpoint or a.preset or a.benchmark):
+        raise ValueError("--serve restores on the service's model: drop --engine / --checkpoint / --preset / "
+                         "--benchmark")
     if a.input == "-" and not (a.raw_size and a.raw_fps):
         raise ValueError("reading raw RGB24 frames from stdin ('-') needs --raw-size WxH and --raw-fps RATE")
     _options(a.input_option, "--input-option")
@@ -279,7 +285,11 @@ def run(a: argparse.Namespace) -> int:
         try:
             with VideoReader(a.input, **reader_options) as reader:
                 info = reader.info
-                model = load_model(a, (info.width, info.height))
+                if a.serve:
+                    from .serve import RemoteModel, restore_remote
+                    model = RemoteModel(a.serve)
+                else:
+                    model = load_model(a, (info.width, info.height))
                 if signals.stop.is_set():
                     say("stopped before any frame was restored: no output was written")
                     return signals.exit_code
@@ -302,8 +312,12 @@ def run(a: argparse.Namespace) -> int:
                     say(f"note: {note}")
                 in_flight = a.in_flight or model.default_in_flight
                 overlap = in_flight > 1 if a.overlap is None else a.overlap
-                result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap,
-                                       resize=resized or False, stop=signals.stop, progress=a.progress)
+                if a.serve:
+                    result = restore_remote(model, reader, writer, in_flight=in_flight, resize=resized or False,
+                                            stop=signals.stop, progress=a.progress)
+                else:
+                    result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap,
+                                           resize=resized or False, stop=signals.stop, progress=a.progress)
         except KeyboardInterrupt:
             say("aborted: the partial output was deleted")
             return signals.exit_code

@@ -1,0 +1,186 @@
+"""The client side: connect(), streams, and runtime.stream --serve (RemoteModel, restore_remote)."""
+import os
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from .common import (DEFAULT_TOKEN_FILE, NAMESPACE, SERVICE, TOKEN_ENV, BadPush, Busy, Refused, ServeError,
+                     StreamLost, check_frames)
+
+def read_token(token: str | None = None) -> str:
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token and DEFAULT_TOKEN_FILE.is_file():
+        token = DEFAULT_TOKEN_FILE.read_text().strip()
+    if not token:
+        raise ServeError(f"no service token: pass token=, set {TOKEN_ENV}, or copy the file runtime.serve wrote "
+                         f"({DEFAULT_TOKEN_FILE})")
+    return token
+
+
+def connect(address: str | None = "auto", *, token: str | None = None, name: str = SERVICE) -> "Client":
+    """Join the Ray cluster at `address` ("auto", "ray://host:10001"; None: the one this process
+    is already in) and find the service `name`."""
+    import ray
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+    try:
+        router = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        raise ServeError(f"no SwiftVR service {name!r} in the Ray cluster at {address}: start one with "
+                         f"python -m runtime.serve --engine BUNDLE --address {address}") from None
+    return Client(router, read_token(token))
+
+
+class Client:
+    def __init__(self, router, token: str):
+        self.router, self.token = router, token
+
+    def open(self) -> "Stream":
+        import ray
+        answer = ray.get(self.router.open.remote(self.token))
+        if answer.get("error") == "busy":
+            raise Busy("busy: every replica holds its limit of streams; try again later or add replicas")
+        if "error" in answer:
+            raise Refused("refused")
+        return Stream(answer["id"], answer["replica"], answer["info"])
+
+
+class Stream:
+    """One live stream. push() / flush() in one thread; submit() + result() let a client keep a
+    push on the wire while it reads the next frames (results still come back in order)."""
+
+    def __init__(self, stream_id: str, replica, info: dict):
+        self.id, self.replica, self.info = stream_id, replica, info
+        self.input_size, self.output_size = tuple(info["spec"]["input_size"]), tuple(info["spec"]["output_size"])
+        self.seq = 0
+        self.closed = False
+
+    def submit(self, frames):
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        why = check_frames(frames, self.input_size, self.info["max_push_frames"])
+        if why:
+            raise BadPush(f"push refused: {why}")
+        return self.replica.push.remote(self.id, self._next(), frames)
+
+    def result(self, pending) -> np.ndarray:
+        import ray
+        from ray.exceptions import RayActorError
+        try:
+            answer = ray.get(pending)
+        except RayActorError:
+            self.closed = True
+            raise StreamLost(f"stream {self.id[:6]}...: its replica died; the stream's state (ReAE, chunk "
+                             f"history) is gone: open a new stream") from None
+        error = answer.get("error")
+        if error == "refused":
+            raise Refused("refused")
+        if error == "bad":
+            raise BadPush(f"push refused: {answer['message']}")
+        if error:
+            raise ServeError(answer["message"])
+        return answer["frames"]
+
+    def push(self, frames) -> np.ndarray:
+        return self.result(self.submit(frames))
+
+    def flush(self) -> np.ndarray:
+        out = self.result(self.replica.flush.remote(self.id, self._next()))
+        self.closed = True
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.replica.close.remote(self.id)
+            except Exception:       # the replica is gone: nothing to close
+                pass
+
+    def _next(self) -> int:
+        if self.closed:
+            raise ServeError("the stream is closed")
+        self.seq += 1
+        return self.seq - 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- runtime.stream --serve ----------------------------------------------------------------------
+
+class RemoteModel:
+    """What runtime.stream needs of a model (its spec) for a stream opened on the service."""
+
+    def __init__(self, address: str):
+        from ..spec import ModelSpec
+        self.stream = connect(address).open()
+        fields = dict(self.stream.info["spec"])
+        fields["source"] = f"{fields['source']}, served by Ray replica {self.stream.info['pid']} at {address}"
+        self.spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        self.default_in_flight = 2
+
+    def memory(self) -> dict:
+        return {"device": self.spec.device, "in_use_bytes": None, "peak_bytes": None}
+
+
+def restore_remote(model: RemoteModel, reader, writer, *, resize=False, stop=None, progress=None, in_flight=2):
+    """restore_video through a served stream: read, push (up to `in_flight` pushes on the wire),
+    write in order. Same endings as restore_video: damaged input keeps what was read."""
+    from tqdm import tqdm
+    from ..resize import resize_frames
+    from ..restore_video import RunResult
+    from ..video import VideoError
+
+    stream, result, spec = model.stream, RunResult(), model.spec
+    stop = stop or threading.Event()
+    times, pending = deque(), deque()
+    bar = tqdm(total=reader.info.frame_count, unit="frame", desc="restoring (served)",
+               disable=None if progress is None else not progress, dynamic_ncols=True)
+
+    def write(frames):
+        if len(frames):
+            writer.write(frames, [times.popleft() for _ in range(len(frames))])
+            result.frames_out += len(frames)
+            bar.update(len(frames))
+
+    start = time.perf_counter()
+    try:
+        while not stop.is_set():
+            try:
+                frames, frame_times = reader.read_timed(spec.clip_len)
+            except VideoError as e:
+                result.input_error = str(e)
+                break
+            if not len(frames):
+                break
+            times.extend(frame_times)
+            if resize:
+                frames = resize_frames(frames, spec.input_size, "stretch" if resize is True else resize,
+                                       reader.info.sample_aspect_ratio)
+            result.frames_in += len(frames)
+            pending.append(stream.submit(frames))
+            while len(pending) >= in_flight:
+                write(stream.result(pending.popleft()))
+        while pending:
+            write(stream.result(pending.popleft()))
+        write(stream.flush())
+        result.seconds = time.perf_counter() - start
+        result.interrupted = stop.is_set()
+        if result.input_error and not result.frames_out:
+            raise VideoError(result.input_error)
+        writer.close()
+    except BaseException:
+        writer.discard()
+        stream.close()
+        raise
+    finally:
+        bar.close()
+    return result
