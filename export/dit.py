@@ -9,10 +9,11 @@ initializers of the graph.
 
 One graph can serve a range of latent-frame counts F (a dynamic frame dimension): tokens are
 frame-major (token = (f * rows + y) * cols + x) and every window spans all frames, so for F frames
-the RoPE tables are the first F*rows*cols rows of those for F_max, a window's gather indices the
-first F*wh*ww of its F_max ones, and a token's owner is `window * (F*wh*ww) + offset` with the
-window and the offset inside it independent of F. The graph holds the F_max tables and slices them
-by its input's shape; integer arithmetic, so the result is exactly the static graph's.
+the RoPE tables are the first F*rows*cols rows of those for F_max, a window's gather indices for
+frame f are its frame-0 indices plus f*rows*cols, and a token's owner is `window * (F*wh*ww) +
+offset` with the window and the offset inside it independent of F. The graph holds the tables for
+F_max and cuts them by its input's shape; integer arithmetic, so the result is exactly the static
+graph's.
 
 A part holds blocks [first, end). Part 0 embeds the latents; the last part adds the output head and
 `restored = latents - v`. Between parts the tokens travel as `hidden.<b>` [1, K, dim], the input of
@@ -177,22 +178,24 @@ class DiTPart(nn.Module):
         self.register_buffer("temb", cond.temb.float())
         self.register_buffer("rope_cos", plan.cos)
         self.register_buffer("rope_sin", plan.sin)
+        frames_max, frame_tokens = self.grid[0], self.grid[1] * self.grid[2]
         for n in range(self.first, self.end):       # two layouts, plain and shifted, shared by the blocks
             kind, gather, owner = _kind(is_shifted(n)), plan.gathers[n], plan.owners[n]
-            per_window = gather.shape[1]             # F_max * wh * ww
-            self.register_buffer(f"gather_{kind}", gather)
-            # owner = window * per_window + offset; for F frames per_window becomes F * wh * ww.
+            windows, per_window = gather.shape      # per_window = F_max * wh * ww
+            # A window's indices for frame f are frame 0's plus f * rows * cols; keep frame 0's only
+            # (a column slice of the F_max table would make torch.export specialise F).
+            self.register_buffer(f"gather_{kind}", gather[:, :per_window // frames_max].contiguous())
+            # owner = window * per_window + offset; for F frames per_window is F * wh * ww.
             self.register_buffer(f"owner_window_{kind}", owner // per_window)
             self.register_buffer(f"owner_offset_{kind}", owner % per_window)
+        self.register_buffer("frame_starts", torch.arange(frames_max) * frame_tokens)
         for n, (k, v) in part.cross_kv.items():
             self.register_buffer(f"cross_k_{n}", k)
             self.register_buffer(f"cross_v_{n}", v)
         self.input_names = (["latents"] if self.embeds else [hidden_name(self.first)]) + \
                            (["latents"] if self.projects and not self.embeds else [])
         self.output_names = ["restored"] if self.projects else [hidden_name(self.end)]
-        self.frame_tokens = self.grid[1] * self.grid[2]          # tokens per latent frame (pt = 1)
-        self.window_tokens = {k: getattr(self, f"gather_{k}").shape[1] // self.grid[0] for k in ("plain", "shifted")
-                              if hasattr(self, f"gather_{k}")}   # tokens per window per frame: wh * ww
+        self.frame_tokens = frame_tokens                          # tokens per latent frame (pt = 1)
         self.dtype = dtype
 
     @property
@@ -217,8 +220,9 @@ class DiTPart(nn.Module):
         gathers, owners = {}, {}
         for n in range(self.first, self.end):
             kind = _kind(is_shifted(n))
-            per_window = frames * self.window_tokens[kind]
-            gathers[n] = getattr(self, f"gather_{kind}")[:, :per_window]
+            first_frame = getattr(self, f"gather_{kind}")               # [windows, wh * ww]
+            per_window = frames * first_frame.shape[1]
+            gathers[n] = (first_frame[:, None, :] + self.frame_starts[:frames, None]).reshape(first_frame.shape[0], -1)
             owners[n] = getattr(self, f"owner_window_{kind}")[:tokens] * per_window + \
                 getattr(self, f"owner_offset_{kind}")[:tokens]
         return GridPlan((frames, self.grid[1], self.grid[2]), self.rope_cos[:tokens], self.rope_sin[:tokens],

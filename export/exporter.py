@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import gc
 import json
 import os
+import re
 from pathlib import Path
 import resource
 import shutil
@@ -133,6 +134,18 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 # ---- the three kinds of graph ----------------------------------------------------------------------
 # Each returns the ONNX model and its dynamic dimensions' ranges (export.json `dynamic`).
 
+DIM_SYMBOL_KEY = "swiftvr.dim_symbol"    # ONNX metadata: {"s65": "F"}, read by engines/memory.py
+_TORCH_SYMBOL = re.compile(r"\b[su]\d+\b")
+
+
+def record_dim_symbol(model, dim: str) -> None:
+    """Inner tensors keep torch's symbol for the one dynamic Dim (shapes like "6*s65"); note which
+    export.json dim it is, so that the engine stage can size every tensor at the profile's max."""
+    symbols = {m for v in model.graph.all_nodes() for out in v.outputs if out.shape is not None
+               for d in out.shape if not isinstance(d, int) for m in _TORCH_SYMBOL.findall(str(d))}
+    if len(symbols) == 1:
+        model.metadata_props[DIM_SYMBOL_KEY] = json.dumps({symbols.pop(): dim})
+
 def encoder_onnx(reae, settings: ExportSettings):
     encoder = EncoderGraph(reae, settings.geometry, settings.dtype)
     # Traced with at least 3 latents (k here, n below): torch.export specialises a dimension traced at
@@ -144,6 +157,7 @@ def encoder_onnx(reae, settings: ExportSettings):
         model = to_onnx(encoder, encoder.example_inputs(4 * latents), encoder.input_names,
                         encoder.output_names, ({0: 4 * k}, tuple(None for _ in encoder.state_shapes)),
                         {("frames", 0): "T", ("latents", 2): "T/4"})
+    record_dim_symbol(model, "T/4")
     return model, {"T": {"min": 4, "opt": settings.clip_len, "max": settings.clip_len + 4}}
 
 
@@ -155,6 +169,7 @@ def decoder_onnx(reae, settings: ExportSettings):
         model = to_onnx(decoder, decoder.example_inputs(traced), decoder.input_names, decoder.output_names,
                         ({2: Dim("n", min=1, max=traced)}, tuple(None for _ in decoder.state_shapes)),
                         {("latents", 2): "n", ("frames", 0): "4n"})
+    record_dim_symbol(model, "n")
     return model, {"n": {"min": 1, "opt": n_lat, "max": n_lat + 1}}
 
 
@@ -175,9 +190,11 @@ def dit_onnx(cfg, part, cond, latent_shape: tuple[int, ...], dtype: torch.dtype,
     with torch.no_grad():
         model = to_onnx(module, module.example_inputs(shape), module.input_names, module.output_names,
                         module.dynamic_shapes(frames), names)
+    record_dim_symbol(model, "F")
     opt = opt_frames or lo
+    # "F" is listed for every part (a middle part's inputs name only "K"): the engine stage sizes inner tensors by it.
     dynamic = {"F": {"min": lo, "opt": opt, "max": hi}}
-    if any(n != "latents" for n in module.input_names):
+    if any(n.startswith("hidden.") for n in module.input_names + module.output_names):
         dynamic["K"] = {k: v * module.frame_tokens for k, v in dynamic["F"].items()}
     return model, dynamic
 
