@@ -135,19 +135,25 @@ def fit_problem(total: dict, profile) -> str | None:
         return None
     return (f"the bundle needs {need:.1f} GiB on the GPU (engines {total['engines_bytes'] / GIB:.1f} + activations "
             f"{total['activation_bytes'] / GIB:.1f}{' (estimated)' if total['activation_estimated'] else ''} + I/O "
-            f"{total['io_bytes'] / GIB:.1f}) but {profile.name} ({profile.memory_gb} GB) has a budget of "
+            f"{total['io_bytes'] / GIB:.1f}) but {_card(profile)} has a budget of "
             f"{budget} GiB: export with --dit-shapes dynamic (one DiT weight copy), a smaller --res or "
             f"--clip-len, or a lower precision, or target a GPU with more memory")
 
 
+def _card(profile) -> str:
+    return f"{profile.name} ({profile.memory_gb} GB)" if profile.memory_gb else profile.name
+
+
 def describe_plan(total: dict, profile) -> list[str]:
     """engines.inspect's memory plan lines."""
+    host = profile is None or profile.memory_budget_gb is None
     lines = [f"memory    engines {total['engines_bytes'] / GIB:.2f} GiB + activations "
              f"{total['activation_bytes'] / GIB:.2f} GiB{' (ONNX estimate, no fusion)' if total['activation_estimated'] else ''}"
-             f" + I/O {total['io_bytes'] / GIB:.2f} GiB = {total['total_bytes'] / GIB:.2f} GiB on the GPU"]
-    if profile is None or profile.memory_budget_gb is None:
+             f" + I/O {total['io_bytes'] / GIB:.2f} GiB = {total['total_bytes'] / GIB:.2f} GiB "
+             f"{'in host memory' if host else 'on the GPU'}"]
+    if host:
         return lines
     problem = fit_problem(total, profile)
-    lines.append(f"          {profile.name}: {profile.memory_gb} GB card, budget {profile.memory_budget_gb} GiB: "
+    lines.append(f"          {_card(profile)}: budget {profile.memory_budget_gb} GiB: "
                  + (f"WARNING: does not fit: {problem}" if problem else "fits"))
     return lines

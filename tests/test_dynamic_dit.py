@@ -156,9 +156,31 @@ def test_a_bundle_that_does_not_fit_is_refused_with_the_numbers():
                 "io_bytes": gib // 2}]
     total = check_fits(entries, get_profile("rtx4090"), "x.plan")          # 11.5 GiB in a 22 GiB budget
     assert total["total_bytes"] == int(11.5 * gib) and total["activation_estimated"]
-    assert describe_plan(total, get_profile("rtx4090"))[1].endswith("rtx4090: 24 GB card, budget 22.0 GiB: fits")
+    assert describe_plan(total, get_profile("rtx4090"))[1].endswith("rtx4090 (24 GB): budget 22.0 GiB: fits")
     with pytest.raises(BundleTooLarge, match=r"x.plan: the bundle needs 11.5 GiB on the GPU \(engines 10.0 \+ "
                                              r"activations 1.0 \(estimated\) \+ I/O 0.5\) but rtx2080ti \(11 GB\) "
                                              r"has a budget of 10.0 GiB: export with --dit-shapes dynamic"):
         check_fits(entries, get_profile("rtx2080ti"), "x.plan")
     assert "WARNING: does not fit" in describe_plan(total, get_profile("rtx2080ti"))[1]
+
+
+def test_tensorrt_rtx_builds_the_dynamic_dit_with_fused_attention(tmp_path):
+    """bf16 (TensorRT-RTX has no fp32 fused attention), built ahead of time for the RTX 5090 with one
+    optimization profile over F = 2..3; engines/build.py's check: every ONNX Attention became a
+    TensorRT attention and no SoftMax is left outside one."""
+    pytest.importorskip("tensorrt_rtx")
+    from engines.build import EngineJob, build_engine
+    from export.onnx_graph import describe_io
+    source = small_window_source()
+    w, h = make_settings("160x70", precision="bf16", clip_len=CLIP_LEN).geometry.latent_size
+    cond, parts = stream_parts(source, [(0, 3)], torch.bfloat16)
+    model, dynamic = dit_onnx(source.cfg, next(parts), cond, (1, 48, 3, h, w), torch.bfloat16, (2, 3))
+    inputs, outputs = describe_io(model)
+    save(model, tmp_path / "dit.onnx")
+    job = EngineJob("dit.f2-3", str(tmp_path / "dit.onnx"), str(tmp_path / "dit.engine"), "tensorrt-rtx", ("12.0",),
+                    inputs, outputs, dynamic, 6, True, 3, 1 << 30)
+    record = build_engine(job)
+    assert record["attention"] == {"onnx_attention_nodes": 6, "attention_input_layers": 6,
+                                   "attention_output_layers": 6, "softmax_layers": 0}
+    assert record["network"]["inputs"] == [{"name": "latents", "shape": [1, 48, -1, h, w], "dtype": "bfloat16"}]
+    assert (tmp_path / "dit.engine").stat().st_size == record["size"] > 0
