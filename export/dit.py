@@ -9,8 +9,8 @@ initializers of the graph.
 
 One graph can serve a range of latent-frame counts F (a dynamic frame dimension): tokens are
 frame-major (token = (f * rows + y) * cols + x) and every window spans all frames, so for F frames
-the RoPE tables are the first F*rows*cols rows of those for F_max, a window's gather indices for
-frame f are its frame-0 indices plus f*rows*cols, and a token's owner is `window * (F*wh*ww) +
+the RoPE tables are the first F*rows*cols rows of those for F_max, a window's gather indices the
+first F*wh*ww of its F_max ones, and a token's owner is `window * (F*wh*ww) +
 offset` with the window and the offset inside it independent of F. The graph holds the tables for
 F_max and cuts them by its input's shape; integer arithmetic, so the result is exactly the static
 graph's.
@@ -178,17 +178,16 @@ class DiTPart(nn.Module):
         self.register_buffer("temb", cond.temb.float())
         self.register_buffer("rope_cos", plan.cos)
         self.register_buffer("rope_sin", plan.sin)
-        frames_max, frame_tokens = self.grid[0], self.grid[1] * self.grid[2]
+        frame_tokens = self.grid[1] * self.grid[2]
         for n in range(self.first, self.end):       # two layouts, plain and shifted, shared by the blocks
             kind, gather, owner = _kind(is_shifted(n)), plan.gathers[n], plan.owners[n]
-            windows, per_window = gather.shape      # per_window = F_max * wh * ww
-            # A window's indices for frame f are frame 0's plus f * rows * cols; keep frame 0's only
-            # (a column slice of the F_max table would make torch.export specialise F).
-            self.register_buffer(f"gather_{kind}", gather[:, :per_window // frames_max].contiguous())
+            per_window = gather.shape[1]             # F_max * wh * ww
+            # Stored transposed, [F_max * wh * ww, windows]: the first F frames are then a row prefix,
+            # contiguous (a column slice of [windows, F_max * wh * ww] makes torch.export specialise F).
+            self.register_buffer(f"gather_t_{kind}", gather.t().contiguous())
             # owner = window * per_window + offset; for F frames per_window is F * wh * ww.
             self.register_buffer(f"owner_window_{kind}", owner // per_window)
             self.register_buffer(f"owner_offset_{kind}", owner % per_window)
-        self.register_buffer("frame_starts", torch.arange(frames_max) * frame_tokens)
         for n, (k, v) in part.cross_kv.items():
             self.register_buffer(f"cross_k_{n}", k)
             self.register_buffer(f"cross_v_{n}", v)
@@ -214,15 +213,15 @@ class DiTPart(nn.Module):
         """torch.export's dynamic_shapes for forward(*inputs), the frame count being the Dim `frames`."""
         return (tuple({2: frames} if name == "latents" else {1: self.frame_tokens * frames} for name in self.input_names),)
 
-    def plan_for(self, tokens) -> GridPlan:
-        """The F_max tables cut to `tokens` = F * rows * cols (F symbolic when traced dynamic)."""
-        frames = tokens // self.frame_tokens
+    def plan_for(self, tokens, frames) -> GridPlan:
+        """The F_max tables cut to `frames` latent frames = `tokens` / (rows * cols) (symbolic when
+        traced dynamic)."""
         gathers, owners = {}, {}
         for n in range(self.first, self.end):
             kind = _kind(is_shifted(n))
-            first_frame = getattr(self, f"gather_{kind}")               # [windows, wh * ww]
-            per_window = frames * first_frame.shape[1]
-            gathers[n] = (first_frame[:, None, :] + self.frame_starts[:frames, None]).reshape(first_frame.shape[0], -1)
+            gather_t = getattr(self, f"gather_t_{kind}")
+            per_window = frames * (gather_t.shape[0] // self.grid[0])          # F * wh * ww
+            gathers[n] = gather_t[:per_window].t()
             owners[n] = getattr(self, f"owner_window_{kind}")[:tokens] * per_window + \
                 getattr(self, f"owner_offset_{kind}")[:tokens]
         return GridPlan((frames, self.grid[1], self.grid[2]), self.rope_cos[:tokens], self.rope_sin[:tokens],
@@ -233,7 +232,10 @@ class DiTPart(nn.Module):
         numbers = range(self.first, self.end)
         cond = Conditioning(self.temb, self.timestep_proj, None,
                             {n: (getattr(self, f"cross_k_{n}"), getattr(self, f"cross_v_{n}")) for n in numbers})
-        plan = self.plan_for(x.shape[1])
+        # F from `latents` where the part takes them: then torch.export knows the output's frames are the
+        # latents' (not K / (rows * cols), which it cannot prove equal when F may be 1 and broadcast).
+        frames = inputs[-1].shape[2] if self.input_names[-1] == "latents" else x.shape[1] // self.frame_tokens
+        plan = self.plan_for(x.shape[1], frames)
         x = run_blocks([(n, self.blocks[str(n)]) for n in numbers], x, cond, plan)
         if not self.projects:
             return x
