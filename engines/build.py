@@ -25,8 +25,8 @@ from engines.bundle import temp_path
 from engines.cache import DEFAULT_CACHE_DIR, EngineCache, atomic_write, cache_key
 from engines.export_folder import (ExportFolder, GraphSpec, count_attention_nodes, graph_sha256,
                                    load_graph_proto, weight_bytes)
-from engines.flavours import (attention_layer_types, check_build_machine, import_tensorrt, network_flags,
-                              set_target, set_workspace_limit)
+from engines.flavours import (attention_layer_types, check_build_machine, import_tensorrt, local_gpu,
+                              network_flags, set_target, set_workspace_limit)
 from engines.profiles import GpuProfile
 
 # Bump when this file changes what an engine is made of: every cached engine is then rebuilt.
@@ -112,14 +112,28 @@ def build_engine(job: EngineJob) -> dict:
     data = memoryview(plan)
     sha256 = hashlib.sha256(data).hexdigest()
     atomic_write(Path(job.engine_path), data)
+    activation = activation_bytes(trt, logger, data, job.compute_capabilities)
     return {
         "parse_seconds": round(parse_seconds, 3), "build_seconds": round(build_seconds, 3),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
-        "size": len(data), "sha256": sha256,
+        "size": len(data), "sha256": sha256, "activation_bytes": activation,
         "network": {"layers": network.num_layers, "layer_types": dict(sorted(layer_types.items())),
                     "inputs": io["inputs"], "outputs": io["outputs"]},
         "attention": attention,
     }
+
+
+def activation_bytes(trt, logger, plan, compute_capabilities) -> int | None:
+    """The engine's activation memory at its profile's largest shapes, as TensorRT reports it once
+    the engine is deserialized; None where this machine has no GPU of a target kind to do that on
+    (TensorRT-RTX builds ahead of time without one: engines/memory.py then estimates it)."""
+    try:
+        if local_gpu()["compute_capability"] not in compute_capabilities:
+            return None
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        return int(engine.device_memory_size_v2) if engine is not None else None
+    except (RuntimeError, AttributeError):
+        return None
 
 
 def _tensor_io(t) -> dict:

@@ -3,7 +3,9 @@
 Prints what a bundle holds: its manifest (target, precision, model, sizes, chunk protocol, state
 pairs) and one summary per engine, then the execution plan the runtime builds from it (per latent-frame
 count, the DiT engines in chain order with the boundary tensors they pass on; exit status 1 if no
-plan can be built), then what could be checked beyond the manifest:
+plan can be built), the memory plan (engines + activations + I/O buffers the runtime holds on the
+GPU, against the profile's card and budget; a warning when it does not fit), then what could be
+checked beyond the manifest:
   * TensorRT engines: deserialized and read with the engine inspector, which needs an NVIDIA GPU of
     a target compute capability (TensorRT-RTX's runtime queries the GPU even to deserialize).
     Without one, the layer counts shown are those the builder recorded from the network definition
@@ -18,6 +20,8 @@ from collections import Counter
 
 from engines.bundle import BundleError, open_bundle
 from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
+from engines.memory import describe_plan, plan_total
+from engines.profiles import PROFILES
 from export.contract import ContractError, contract_from_manifest
 
 
@@ -64,12 +68,26 @@ def print_manifest(bundle, verified: bool) -> None:
             what = (f"{net['onnx_nodes']} ONNX nodes (opset {net['opset']}), "
                     f"{net['onnx_attention_nodes']} Attention, weights {_mib(net['weight_bytes'])}")
         print(f"  {e['name']:<9} {e['member']:<16} {_mib(size):>11}  {m['precision']}  {what}{blocks}")
+        memory = e.get("memory")
+        if memory:
+            activation = (f"activations {_mib(memory['activation_bytes'])}" if memory["activation_bytes"] is not None
+                          else f"activations ~{_mib(memory['activation_estimate_bytes'])} (ONNX estimate)")
+            print(f"            memory: engine {_mib(memory['engine_bytes'])}, {activation}, I/O {_mib(memory['io_bytes'])}")
         if build:
             print(f"            built {build['built_at']} in {build['build_seconds']:.1f} s "
                   f"(parse {build['parse_seconds']:.1f} s), peak RSS {build['peak_rss_bytes'] / 2**30:.2f} GiB")
         for kind in ("inputs", "outputs"):
             for tensor in e[kind]:
                 print(f"            {kind[:-1]:<6} {tensor['name']:<16} {tensor['dtype']:<9} {_shape(tensor)}")
+
+
+def memory_plan_lines(manifest) -> list[str]:
+    """The GPU total the runtime will need, against the target's memory (bundles from before the
+    memory plan say so)."""
+    entries = [e.get("memory") for e in manifest["engines"]]
+    if not all(entries):
+        return ["memory    not recorded (a bundle from before the memory plan: rebuild it with python -m engines)"]
+    return describe_plan(plan_total(entries), PROFILES.get(manifest["target"]["gpu"]))
 
 
 def check_tensorrt_engines(bundle) -> list[str]:
@@ -157,6 +175,7 @@ def main(argv=None) -> int:
             return 1
         print("execution plan (per chunk: encoder, the DiT chain for its latent-frame count F, decoder)")
         print("\n".join(plan.describe()))
+        print("\n".join(memory_plan_lines(bundle.manifest)))
         flavour = bundle.manifest["target"]["flavour"]
         lines = check_onnx_members(bundle) if flavour == "onnx" else check_tensorrt_engines(bundle)
         print("\n".join(lines))

@@ -1,7 +1,8 @@
 """`make engine`: checkpoint (or the tiny preset) -> ONNX export -> one bundle, in one command.
 
     python -m engines.make --res 1080p --gpu rtx5090 [--scale 4 | --input WxH] [--precision bf16]
-                           [--checkpoint DIR] [--dit-parts N] [--out engines/1080p.plan]
+                           [--checkpoint DIR] [--dit-parts N] [--dit-shapes dynamic|static]
+                           [--out engines/1080p.plan]
 
 The export lands in `exports/<resolution>-<precision>-<key>/`, where the key hashes every input of
 the export (weights' content hash, sizes, chunk protocol, precision, parts): an unchanged request
@@ -29,7 +30,8 @@ BLOCKS_PER_PART = 10
 
 def export_key(weights: str, args, precision: str, parts: int) -> str:
     request = {"weights": weights, "res": list(parse_size(args.res)), "scale": args.scale, "input": args.input,
-               "clip_len": args.clip_len, "dit_overlap": args.dit_overlap, "precision": precision, "parts": parts}
+               "clip_len": args.clip_len, "dit_overlap": args.dit_overlap, "precision": precision, "parts": parts,
+               "dit_shapes": args.dit_shapes}
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--dit-overlap", type=int, default=0)
     p.add_argument("--dit-parts", type=int, help=f"DiT engines chained (default: 1 for tiny, "
                                                  f"{BLOCKS_PER_PART} blocks per part for 5b)")
+    p.add_argument("--dit-shapes", choices=["dynamic", "static"], default="dynamic",
+                   help="dynamic (default): one DiT engine set for every latent-frame count, the weights once; "
+                        "static: one shape-specialised set per count (the weights once per count)")
     p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
     p.add_argument("--exports", default=str(EXPORTS), help="where exports are kept (default %(default)s)")
     p.add_argument("--cache", help="engine build cache (default engines/.cache)")
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
         try:
             report = export_model(export_dir, args.res, **source, scale=args.scale, input_size=args.input,
                                   precision=precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
-                                  dit_parts=parts, overwrite=True)
+                                  dit_parts=parts, overwrite=True, dit_shapes=args.dit_shapes)
         except ExportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -28,6 +28,7 @@ from engines.cache import DEFAULT_CACHE_DIR
 from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
                                    load_graph_proto, read_export, sha256_file, weight_bytes)
 from engines.flavours import MODULES
+from engines.memory import engine_memory, fit_problem, graph_memory, plan_total
 from engines.profiles import GpuProfile, check_precision, get_profile
 from export.contract import contract_from_manifest, engine_entry
 
@@ -54,9 +55,23 @@ def check_export_precision(export: ExportFolder, precision: str | None, profile:
     return precision
 
 
-def _engine_entry(spec, member: str, files: list[str], graph_hash: str, network: dict, build: dict | None) -> dict:
+class BundleTooLarge(ValueError):
+    """The planned GPU memory of a bundle exceeds its profile's budget."""
+
+
+def _engine_entry(spec, member: str, files: list[str], graph_hash: str, network: dict, build: dict | None,
+                  memory: dict) -> dict:
     return {**engine_entry(spec.graph, member), "files": files, "graph_sha256": graph_hash,
-            "network": network, "build": build}
+            "network": network, "build": build, "memory": memory}
+
+
+def check_fits(memories: list[dict], profile: GpuProfile, when: str) -> dict:
+    """The memory plan; raises BundleTooLarge (the numbers and what to change) when it cannot fit."""
+    total = plan_total(memories)
+    problem = fit_problem(total, profile)
+    if problem:
+        raise BundleTooLarge(f"{when}: {problem}")
+    return total
 
 
 def _onnx_network_summary(spec) -> dict:
@@ -81,6 +96,9 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
     out = Path(out) if out else default_out(export)
 
     engines, members, results = [], [], []
+    if profile.flavour != "onnx":    # before hours of building: the weights as the engines' size
+        check_fits([{**graph_memory(spec), "engine_bytes": weight_bytes(load_graph_proto(spec.path)),
+                     "activation_bytes": None} for spec in export.graphs], profile, f"{export.path} for {gpu}")
     if profile.flavour == "onnx":
         builder = {"flavour": "onnx", "module": "onnxruntime", "version": None,
                    "settings": {"note": "no engines: the ONNX graphs themselves, for ONNX Runtime"}}
@@ -89,8 +107,9 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
             for f in files:   # graphs may share an external data file: bundle it once
                 if f.name not in dict(members):
                     members.append((f.name, f))
+            summary = _onnx_network_summary(spec)
             engines.append(_engine_entry(spec, spec.path.name, [f.name for f in files], graph_sha256(spec),
-                                         _onnx_network_summary(spec), None))
+                                         summary, None, engine_memory(spec, summary["weight_bytes"], None)))
     else:
         results, settings = build_engines(export, profile, cache_dir, force, optimization_level)
         builder = {"flavour": profile.flavour, "module": MODULES[profile.flavour],
@@ -100,8 +119,10 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
             network = {**rec["network"], **rec["attention"]}
             build = {k: rec[k] for k in ("parse_seconds", "build_seconds", "peak_rss_bytes", "built_at")}
             members.append((r.member, r.path, r.sha256))
-            engines.append(_engine_entry(spec, r.member, [r.member], rec["graph_sha256"], network, build))
+            engines.append(_engine_entry(spec, r.member, [r.member], rec["graph_sha256"], network, build,
+                                         engine_memory(spec, r.size, rec.get("activation_bytes"))))
 
+    memory_plan = check_fits([e["memory"] for e in engines], profile, f"{out} for {gpu}")
     meta = export.meta
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -118,6 +139,7 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "chunk": meta.get("chunk"),
         "state": export.contract.to_json()[1],     # the state pairs, as export/contract.py read them
         "engines": engines,
+        "memory_plan": memory_plan,
     }
     contract_from_manifest(manifest, str(out))   # the runtime can build its plan from what is written
     manifest = write_bundle(out, manifest, members)

@@ -12,7 +12,9 @@ What decides a row:
     Turing (SM75) has no bf16 tensor cores. ONNX Runtime's CPU kernels lack bf16 for most ops.
   * memory_budget_gb: device memory the engines of one bundle may use (weights + scratch), i.e.
     the card's memory less what the CUDA context, the display and the video I/O buffers need.
-    The builder refuses graphs whose weights do not fit and caps each engine's scratch at it.
+    The builder refuses graphs whose weights do not fit and caps each engine's scratch at it, and
+    make_bundle refuses a bundle whose planned GPU total (engines/memory.py) exceeds it.
+  * memory_gb: the card's memory (GB as sold), shown beside the plan by `engines.inspect`.
 """
 from dataclasses import dataclass
 
@@ -29,6 +31,14 @@ class GpuProfile:
     memory_budget_gb: float | None        # GiB; None: host memory (cpu)
     notes: str
 
+    @property
+    def memory_gb(self) -> float | None:
+        return CARD_MEMORY_GB.get(self.name)
+
+
+# The card's memory as sold; None for cpu (host memory).
+CARD_MEMORY_GB = {"rtx5090": 32, "rtx-pro-6000": 96, "gb10": 128, "rtx4090": 24, "l40s": 48, "rtx3090": 24,
+                  "a100": 40, "rtx2080ti": 11, "h100": 80, "h200": 141}
 
 _ROWS = [
     GpuProfile("rtx5090", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 30.0,
@@ -59,6 +69,7 @@ _ROWS = [
 
 PROFILES: dict[str, GpuProfile] = {p.name: p for p in _ROWS}
 assert all(p.flavour in FLAVOURS for p in _ROWS)
+assert all((p.memory_gb is None) == (p.memory_budget_gb is None) for p in _ROWS)
 
 
 def get_profile(name: str) -> GpuProfile:

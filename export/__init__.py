@@ -10,20 +10,20 @@ from pathlib import Path
 def export_model(out, res: str, *, checkpoint: str | None = None, preset: str | None = None, seed: int | None = None,
                  scale: float | None = None, input_size: str | None = None, precision: str = "bf16",
                  clip_len: int = 24, dit_overlap: int = 0, dit_parts: int = 1, overwrite: bool = False,
-                 progress: bool = True, say=print):
+                 progress: bool = True, say=print, dit_shapes: str = "dynamic"):
     """Exports a checkpoint folder, or a preset with seeded random weights, to `out`; returns the
     ExportReport. A bad request raises export.settings.ExportError before anything heavy is imported."""
     from .settings import check_out_dir, make_settings
     source = weight_source(checkpoint, preset, seed)
     settings = make_settings(res, scale, input_size, precision, clip_len, dit_overlap, dit_parts,
-                             num_layers=source.cfg.num_layers)
+                             num_layers=source.cfg.num_layers, dit_shapes=dit_shapes)
     check_out_dir(Path(out), overwrite)
     from .exporter import run_export        # torch.onnx is slow to import: only once the request is good
     g = settings.geometry
     say(f"exporting {source.preset or 'checkpoint'} {g.input_size[0]}x{g.input_size[1]} -> "
         f"{g.output_size[0]}x{g.output_size[1]} (padded {g.padded_size[0]}x{g.padded_size[1]}), "
         f"{settings.precision}, clip_len {settings.clip_len}, DiT latent frames {settings.dit_latent_frames}, "
-        f"{settings.dit_parts} DiT part(s)")
+        f"{settings.dit_parts} DiT part(s), {settings.dit_shapes} DiT shapes")
     return run_export(source, settings, out, overwrite=overwrite, progress=progress)
 
 

@@ -11,7 +11,7 @@ import sys
 from swiftvr.sizes import RESOLUTIONS
 
 from . import export_model
-from .settings import PRECISIONS, ExportError
+from .settings import DIT_SHAPES, PRECISIONS, ExportError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="float dtype of the graphs (default bf16; TensorRT needs fp16 or bf16)")
     parser.add_argument("--dit-parts", type=int, default=1,
                         help="split the DiT into N consecutive block ranges (one TensorRT build each)")
+    parser.add_argument("--dit-shapes", choices=list(DIT_SHAPES), default="dynamic",
+                        help="dynamic (default): one DiT graph set for every latent-frame count, the weights "
+                             "once; static: one shape-specialised set per count")
     parser.add_argument("--out", required=True, metavar="DIR", help="export folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
         report = export_model(args.out, args.res, checkpoint=args.checkpoint, preset=args.preset,
                               seed=args.random_weights, scale=args.scale, input_size=args.input,
                               precision=args.precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
-                              dit_parts=args.dit_parts, overwrite=args.overwrite, progress=not args.quiet)
+                              dit_parts=args.dit_parts, overwrite=args.overwrite, progress=not args.quiet,
+                              dit_shapes=args.dit_shapes)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ imports nothing).
 
     meta, contract = read_export_json("exports/tiny")      # checked; ContractError says what is wrong
     contract.chain(7)                                       # the DiT parts the runtime runs for F = 7
+                                                            # (one dynamic chain may serve F = 6 and 7)
     contract = contract_from_manifest(bundle.manifest, "360p.plan")
 """
 import json
@@ -34,6 +35,25 @@ def is_hidden(name: str) -> bool:
     return name.startswith("hidden.")
 
 
+def frames_range(latent_frames) -> tuple[int, int]:
+    """A DiT chain's latent-frame counts as an inclusive (lo, hi): from an int F (a static chain), a
+    [lo, hi] pair (a chain with a dynamic frame dimension), or export.json's key "F" / "lo-hi"."""
+    if isinstance(latent_frames, str):
+        lo, _, hi = latent_frames.partition("-")
+        latent_frames = (int(lo), int(hi or lo))
+    if isinstance(latent_frames, int):
+        return latent_frames, latent_frames
+    lo, hi = latent_frames
+    if not (isinstance(lo, int) and isinstance(hi, int)) or not 1 <= lo <= hi:
+        raise ValueError(f"not a latent-frame range: {latent_frames!r}")
+    return lo, hi
+
+
+def frames_key(lo: int, hi: int) -> str:
+    """export.json's key of a DiT chain: "7" (static) or "6-7" (one chain for F = 6 and 7)."""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 @dataclass(frozen=True)
 class Tensor:
     name: str
@@ -53,7 +73,7 @@ class Graph:
     outputs: tuple[Tensor, ...]
     dynamic: dict                   # {"T": {"min", "opt", "max"}}
     blocks: tuple[int, int] | None = None     # DiT part: transformer blocks [first, end)
-    latent_frames: int | None = None          # DiT part: the F of its chain
+    latent_frames: int | tuple[int, int] | None = None   # DiT part: the F of its chain, or (lo, hi)
 
     @property
     def input_names(self) -> list[str]:
@@ -99,13 +119,24 @@ class StatePair:
 class Contract:
     """The graphs and how they connect: what a runtime executes, in order."""
     encoder: Graph
-    dit: dict[int, tuple[Graph, ...]]          # latent frames F -> the DiT parts, in chain order
+    dit: dict[int, tuple[Graph, ...]]          # latent frames F -> the DiT parts, in chain order; the
+                                               # F a dynamic chain covers all map to the same parts
     decoder: Graph
     state: dict[str, tuple[StatePair, ...]]    # "encoder", "decoder"
 
+    def chains(self) -> list[tuple[tuple[int, int], tuple[Graph, ...]]]:
+        """Each distinct DiT chain once, with the (lo, hi) latent frames it serves, ascending."""
+        seen = {}
+        for f in sorted(self.dit):
+            parts = self.dit[f]
+            key = id(parts)
+            lo, hi = seen[key][0] if key in seen else (f, f)
+            seen[key] = ((min(lo, f), max(hi, f)), parts)
+        return list(seen.values())
+
     def graphs(self) -> list[Graph]:
-        """Encoder, the DiT parts of every F (ascending), decoder: the order of a bundle's engines."""
-        return [self.encoder, *(part for f in sorted(self.dit) for part in self.dit[f]), self.decoder]
+        """Encoder, the DiT parts of every chain (ascending F), decoder: the order of a bundle's engines."""
+        return [self.encoder, *(part for _, parts in self.chains() for part in parts), self.decoder]
 
     def chain(self, frames: int) -> tuple[Graph, ...]:
         """The DiT parts to run, in order, for latents of `frames` frames: feed `latents` and every
@@ -117,27 +148,41 @@ class Contract:
     def to_json(self) -> tuple[dict, dict]:
         """export.json's (`graphs`, `state`)."""
         graphs = {"encoder": self.encoder.to_json(),
-                  "dit": {str(f): [p.to_json() for p in self.dit[f]] for f in sorted(self.dit)},
+                  "dit": {frames_key(*r): [p.to_json() for p in parts] for r, parts in self.chains()},
                   "decoder": self.decoder.to_json()}
         return graphs, {which: [p.to_json() for p in pairs] for which, pairs in self.state.items()}
 
     def describe(self) -> list[str]:
         """The execution plan, one line per graph: what `python -m engines.inspect` prints."""
         lines = [f"  encoder   {self.encoder.describe()}"]
-        for f in sorted(self.dit):
-            for k, part in enumerate(self.dit[f]):
-                lines.append(f"  {'dit F=' + str(f) if k == 0 else '':<9} {part.describe()}")
+        for r, parts in self.chains():
+            for k, part in enumerate(parts):
+                lines.append(f"  {'dit F=' + frames_key(*r) if k == 0 else '':<9} {part.describe()}")
         lines.append(f"  decoder   {self.decoder.describe()}")
         return lines
 
 
 # ---- building one ------------------------------------------------------------------------------
 
-def make_contract(encoder: Graph, dit: dict[int, list[Graph]], decoder: Graph, latent_frames,
-                  where: str) -> Contract:
+def make_contract(encoder: Graph, dit: dict, decoder: Graph, latent_frames, where: str) -> Contract:
     """A checked contract, its state pairs read from the graphs' state_in./state_out. tensors.
-    latent_frames: the F the chunk protocol calls the DiT with (chunk.dit_latent_frames)."""
-    contract = Contract(encoder, {int(f): tuple(parts) for f, parts in dit.items()}, decoder,
+    dit: {F or (lo, hi) or "lo-hi": parts in chain order}; a range is one chain (a dynamic frame
+    dimension) serving every F in it. latent_frames: the F the chunk protocol calls the DiT with
+    (chunk.dit_latent_frames)."""
+    chains = {}
+    for key, parts in dit.items():
+        try:
+            lo, hi = frames_range(key)
+        except ValueError:
+            raise ContractError(f"{where}: a DiT chain is keyed by a latent-frame count F or a range "
+                                f"'lo-hi', not {key!r}") from None
+        parts = tuple(parts)
+        check_chain((lo, hi), parts, where)
+        for f in range(lo, hi + 1):
+            if f in chains:
+                raise ContractError(f"{where}: two DiT chains take {f} latent frames")
+            chains[f] = parts
+    contract = Contract(encoder, chains, decoder,
                         {"encoder": state_pairs(encoder, where), "decoder": state_pairs(decoder, where)})
     check(contract, latent_frames, where)
     return contract
@@ -176,21 +221,21 @@ def check(contract: Contract, latent_frames, where: str) -> None:
     if missing:
         raise ContractError(f"{where}: the chunk protocol calls the DiT with {sorted(latent_frames)} latent frames "
                             f"but there is no DiT graph for {missing} (graphs for {sorted(contract.dit)})")
-    for frames, parts in contract.dit.items():
-        check_chain(frames, parts, where)
 
 
-def check_chain(frames: int, parts, where: str) -> None:
+def check_chain(frames, parts, where: str) -> None:
     """Part 0 takes `latents`; part k > 0 takes the `hidden.<b>` part k-1 gives (and may take
-    `latents` again); the last part gives `restored`, every other part exactly one `hidden.<b>`."""
-    what = f"{where}: DiT chain for {frames} latent frames"
+    `latents` again); the last part gives `restored`, every other part exactly one `hidden.<b>`.
+    frames: F, or (lo, hi) for a chain whose latents' frame dim is dynamic with a range covering it."""
+    lo, hi = frames_range(frames)
+    what = f"{where}: DiT chain for {frames_key(lo, hi)} latent frames"
     if not parts:
         raise ContractError(f"{what} has no parts")
     given = None                      # the boundary the previous part gave
     for k, part in enumerate(parts):
         last = k == len(parts) - 1
         name = f"{what}, part {k} ({part.file})"
-        if part.latent_frames not in (None, frames):
+        if part.latent_frames is not None and frames_range(part.latent_frames) != (lo, hi):
             raise ContractError(f"{name} is recorded for {part.latent_frames} latent frames")
         takes = part.input_names
         hidden_in = [n for n in takes if is_hidden(n)]
@@ -202,8 +247,13 @@ def check_chain(frames: int, parts, where: str) -> None:
                                 + (f" (the boundary part {k - 1} gives)" if given else ""))
         if LATENTS in takes:
             shape = part.tensor(LATENTS).shape
-            if len(shape) != 5 or shape[2] != frames:
-                raise ContractError(f"{name}: its latents are {list(shape)}, not [1, C, {frames}, h, w]")
+            dim = shape[2] if len(shape) == 5 else None
+            covered = (dim, dim) if isinstance(dim, int) else \
+                tuple((part.dynamic.get(dim) or {}).get(k) for k in ("min", "max"))
+            if len(shape) != 5 or None in covered or not covered[0] <= lo <= hi <= covered[1]:
+                want = lo if lo == hi else f"F in {lo}..{hi}"
+                span = f" ({dim} in {covered[0]}..{covered[1]})" if isinstance(dim, str) else ""
+                raise ContractError(f"{name}: its latents are {list(shape)}{span}, not [1, C, {want}, h, w]")
         gives = part.output_names
         if last:
             if gives != [RESTORED]:
@@ -255,11 +305,12 @@ def contract_from_json(meta: dict, where: str) -> Contract:
         raise ContractError(f"{where}: graphs.dit must map each latent-frame count to its parts in chain order "
                             f'({{"6": [part, ...], "7": [...]}}), not {json.dumps(dit)[:120]}')
     try:
-        counts = {int(f): f for f in dit}
+        ranges = {key: frames_range(key) for key in dit}
     except ValueError:
-        raise ContractError(f"{where}: graphs.dit keys must be latent-frame counts, not {sorted(dit)}") from None
-    chains = {f: [graph_from_json(p, "dit", f"{where} graphs.dit[{key!r}]", latent_frames=f) for p in dit[key]]
-              for f, key in counts.items()}
+        raise ContractError(f"{where}: graphs.dit keys must be latent-frame counts F or ranges 'lo-hi', "
+                            f"not {sorted(dit)}") from None
+    chains = {r: [graph_from_json(p, "dit", f"{where} graphs.dit[{key!r}]", latent_frames=r[0] if r[0] == r[1] else r)
+                  for p in dit[key]] for key, r in ranges.items()}
     contract = make_contract(graph_from_json(graphs["encoder"], "encoder", f"{where} graphs.encoder"), chains,
                              graph_from_json(graphs["decoder"], "decoder", f"{where} graphs.decoder"),
                              _latent_frames(meta, where), where)
@@ -334,8 +385,9 @@ def engine_entry(graph: Graph, member: str) -> dict:
             for which in ("min", "opt", "max"):
                 entry[which] = [graph.dynamic[d][which] if isinstance(d, str) else d for d in t.shape]
         inputs.append(entry)
+    frames = graph.latent_frames
     return {"name": graph.name, "role": graph.role, "member": member, "blocks": list(graph.blocks) if graph.blocks
-            else None, "latent_frames": graph.latent_frames, "inputs": inputs,
+            else None, "latent_frames": list(frames) if isinstance(frames, tuple) else frames, "inputs": inputs,
             "outputs": [t.to_json() for t in graph.outputs], "dynamic": graph.dynamic}
 
 
@@ -350,13 +402,19 @@ def contract_from_manifest(manifest: dict, where: str) -> Contract:
         if role not in graphs or "member" not in entry or "name" not in entry:
             raise ContractError(f"{where}: engines[{i}] needs a name, a member and a role of encoder, dit or "
                                 f"decoder; got {entry!r:.200}")
-        graph = graph_from_json({**entry, "file": entry["member"]}, role, f"{where} engines[{i}]", entry["name"],
-                       entry.get("latent_frames"))
+        frames = entry.get("latent_frames")
         if role == "dit":
-            if not isinstance(graph.latent_frames, int):
-                raise ContractError(f"{where}: DiT engine {entry['name']} does not say which latent-frame count it "
-                                    f"serves (no 'latent_frames'); rebuild the bundle with python -m engines")
-            graphs["dit"].setdefault(graph.latent_frames, []).append(graph)
+            try:
+                lo, hi = frames_range(frames)
+            except (TypeError, ValueError):
+                raise ContractError(f"{where}: DiT engine {entry['name']} does not say which latent-frame counts it "
+                                    f"serves ('latent_frames' is {frames!r}, not F or [lo, hi]); rebuild the bundle "
+                                    f"with python -m engines") from None
+            frames = lo if lo == hi else (lo, hi)
+        graph = graph_from_json({**entry, "file": entry["member"]}, role, f"{where} engines[{i}]", entry["name"],
+                                frames)
+        if role == "dit":
+            graphs["dit"].setdefault((lo, hi), []).append(graph)
         else:
             graphs[role].append(graph)
     for role in ("encoder", "decoder"):

@@ -1,11 +1,19 @@
 """The DiT as exported: block-range parts with everything that does not depend on the latents baked in.
 
-Per resolution and latent-frame count F the DiT is a fixed function of its input latents: the
+Per resolution the DiT is a fixed function of its input latents: the
 timestep is always 1000 and the prompt is the release's, so the timestep conditioning, the prompt's
 text projection and its cross-attention keys/values are constants; so are the RoPE tables (offset
 0: attention only sees position differences, the same choice as swiftvr's "full" protocol) and
 MFSWA's gather/owner indices for that token grid. They are module buffers here and so become
 initializers of the graph.
+
+One graph can serve a range of latent-frame counts F (a dynamic frame dimension): tokens are
+frame-major (token = (f * rows + y) * cols + x) and every window spans all frames, so for F frames
+the RoPE tables are the first F*rows*cols rows of those for F_max, a window's gather indices the
+first F*wh*ww of its F_max ones, and a token's owner is `window * (F*wh*ww) +
+offset` with the window and the offset inside it independent of F. The graph holds the tables for
+F_max and cuts them by its input's shape; integer arithmetic, so the result is exactly the static
+graph's.
 
 A part holds blocks [first, end). Part 0 embeds the latents; the last part adds the output head and
 `restored = latents - v`. Between parts the tokens travel as `hidden.<b>` [1, K, dim], the input of
@@ -140,7 +148,8 @@ def stream_parts(source: WeightSource, ranges: list[tuple[int, int]], dtype: tor
 
 
 class DiTPart(nn.Module):
-    """One part for one token grid. Inputs: `latents` (part 0), `hidden.<first>` (other parts), plus
+    """One part for one token grid, or for a range of frame counts (frames_range (lo, hi), lo < hi:
+    the graph's F is dynamic). Inputs: `latents` (part 0), `hidden.<first>` (other parts), plus
     `latents` again for the last part; output `hidden.<end>` or `restored`.
 
     The model's own code does the work: the blocks' forward, and SwiftVRTransformer's `embed`,
@@ -149,10 +158,13 @@ class DiTPart(nn.Module):
     holds this part's weights and nothing else of the model."""
 
     def __init__(self, cfg: DiTConfig, part: PartWeights, cond: Conditioning, latent_shape: tuple[int, ...],
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, frames_range: tuple[int, int] | None = None):
         super().__init__()
         self.cfg = cfg
         self.first, self.end = part.block_range
+        # The tables are made for the most frames the graph takes (latent_shape's F when static).
+        self.frames_range = frames_range or (latent_shape[2], latent_shape[2])
+        latent_shape = (*latent_shape[:2], self.frames_range[1], *latent_shape[3:])
         self.grid = SwiftVRTransformer.token_grid(self, latent_shape)
         plan = SwiftVRTransformer.grid_plan(self, self.grid, t_offset=0)
         self.blocks = nn.ModuleDict({str(n): block for n, block in part.blocks.items()})
@@ -166,38 +178,70 @@ class DiTPart(nn.Module):
         self.register_buffer("temb", cond.temb.float())
         self.register_buffer("rope_cos", plan.cos)
         self.register_buffer("rope_sin", plan.sin)
+        frame_tokens = self.grid[1] * self.grid[2]
         for n in range(self.first, self.end):       # two layouts, plain and shifted, shared by the blocks
-            self.register_buffer(f"gather_{_kind(is_shifted(n))}", plan.gathers[n])
-            self.register_buffer(f"owner_{_kind(is_shifted(n))}", plan.owners[n])
+            kind, gather, owner = _kind(is_shifted(n)), plan.gathers[n], plan.owners[n]
+            per_window = gather.shape[1]             # F_max * wh * ww
+            # Stored transposed, [F_max * wh * ww, windows]: the first F frames are then a row prefix,
+            # contiguous (a column slice of [windows, F_max * wh * ww] makes torch.export specialise F).
+            self.register_buffer(f"gather_t_{kind}", gather.t().contiguous())
+            # owner = window * per_window + offset; for F frames per_window is F * wh * ww.
+            self.register_buffer(f"owner_window_{kind}", owner // per_window)
+            self.register_buffer(f"owner_offset_{kind}", owner % per_window)
         for n, (k, v) in part.cross_kv.items():
             self.register_buffer(f"cross_k_{n}", k)
             self.register_buffer(f"cross_v_{n}", v)
         self.input_names = (["latents"] if self.embeds else [hidden_name(self.first)]) + \
                            (["latents"] if self.projects and not self.embeds else [])
         self.output_names = ["restored"] if self.projects else [hidden_name(self.end)]
-        self.tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        self.frame_tokens = frame_tokens                          # tokens per latent frame (pt = 1)
         self.dtype = dtype
 
+    @property
+    def dynamic(self) -> bool:
+        return self.frames_range[0] < self.frames_range[1]
+
     def example_inputs(self, latent_shape) -> tuple[torch.Tensor, ...]:
+        """Inputs for `latent_shape` (a dynamic graph is traced at its largest F)."""
         generator = torch.Generator().manual_seed(0)
         latents = torch.randn(latent_shape, generator=generator).to(self.dtype)
-        hidden = torch.randn(1, self.tokens, self.cfg.inner_dim, generator=generator).to(self.dtype)
+        tokens = latent_shape[2] // self.cfg.patch_size[0] * self.frame_tokens
+        hidden = torch.randn(1, tokens, self.cfg.inner_dim, generator=generator).to(self.dtype)
         return tuple(latents if name == "latents" else hidden for name in self.input_names)
+
+    def dynamic_shapes(self, frames):
+        """torch.export's dynamic_shapes for forward(*inputs), the frame count being the Dim `frames`."""
+        return (tuple({2: frames} if name == "latents" else {1: self.frame_tokens * frames} for name in self.input_names),)
+
+    def plan_for(self, tokens, frames) -> GridPlan:
+        """The F_max tables cut to `frames` latent frames = `tokens` / (rows * cols) (symbolic when
+        traced dynamic)."""
+        gathers, owners = {}, {}
+        for n in range(self.first, self.end):
+            kind = _kind(is_shifted(n))
+            gather_t = getattr(self, f"gather_t_{kind}")
+            per_window = frames * (gather_t.shape[0] // self.grid[0])          # F * wh * ww
+            gathers[n] = gather_t[:per_window].t()
+            owners[n] = getattr(self, f"owner_window_{kind}")[:tokens] * per_window + \
+                getattr(self, f"owner_offset_{kind}")[:tokens]
+        return GridPlan((frames, self.grid[1], self.grid[2]), self.rope_cos[:tokens], self.rope_sin[:tokens],
+                        gathers, owners)
 
     def forward(self, *inputs):
         x = SwiftVRTransformer.embed(self, inputs[0]) if self.embeds else inputs[0]
         numbers = range(self.first, self.end)
         cond = Conditioning(self.temb, self.timestep_proj, None,
                             {n: (getattr(self, f"cross_k_{n}"), getattr(self, f"cross_v_{n}")) for n in numbers})
-        plan = GridPlan(self.grid, self.rope_cos, self.rope_sin,
-                        {n: getattr(self, f"gather_{_kind(is_shifted(n))}") for n in numbers},
-                        {n: getattr(self, f"owner_{_kind(is_shifted(n))}") for n in numbers})
+        # F from `latents` where the part takes them: then torch.export knows the output's frames are the
+        # latents' (not K / (rows * cols), which it cannot prove equal when F may be 1 and broadcast).
+        frames = inputs[-1].shape[2] if self.input_names[-1] == "latents" else x.shape[1] // self.frame_tokens
+        plan = self.plan_for(x.shape[1], frames)
         x = run_blocks([(n, self.blocks[str(n)]) for n in numbers], x, cond, plan)
         if not self.projects:
             return x
         latents = inputs[-1]
         # One-step restoration, as SwiftVRTransformer.restore: z_hq = z_lq - v.
-        return latents - SwiftVRTransformer.velocity_from_tokens(self, x, self.temb, self.grid)
+        return latents - SwiftVRTransformer.velocity_from_tokens(self, x, self.temb, plan.grid)
 
 
 def _kind(shifted: bool) -> str:

@@ -1,4 +1,4 @@
-"""One export: encoder, decoder and the DiT part(s) per latent-frame count, then export.json.
+"""One export: encoder, decoder and the DiT part(s) (one dynamic set, or one per latent-frame count), then export.json.
 
 Everything is written into a temporary sibling folder that is renamed to `out` at the very end, so
 a failed or interrupted export leaves nothing at `out`.
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import gc
 import json
 import os
+import re
 from pathlib import Path
 import resource
 import shutil
@@ -22,6 +23,7 @@ from torch.export import Dim
 from tqdm import tqdm
 
 from .autoencoder import DecoderGraph, EncoderGraph
+from .contract import frames_key
 from .dit import DiTPart, part_ranges, stream_parts
 from .manifest import build_manifest, state_pairs
 from .onnx_graph import describe_io, release_weights, save, to_onnx
@@ -89,7 +91,8 @@ def process_peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def dit_file(frames: int, part: int, parts: int) -> str:
+def dit_file(frames, part: int, parts: int) -> str:
+    """frames: F, or a range key "lo-hi" (a dynamic chain)."""
     return f"dit.f{frames}.onnx" if parts == 1 else f"dit.f{frames}.{part}.onnx"
 
 
@@ -131,6 +134,18 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 # ---- the three kinds of graph ----------------------------------------------------------------------
 # Each returns the ONNX model and its dynamic dimensions' ranges (export.json `dynamic`).
 
+DIM_SYMBOL_KEY = "swiftvr.dim_symbol"    # ONNX metadata: {"s65": "F"}, read by engines/memory.py
+_TORCH_SYMBOL = re.compile(r"\b[su]\d+\b")
+
+
+def record_dim_symbol(model, dim: str) -> None:
+    """Inner tensors keep torch's symbol for the one dynamic Dim (shapes like "6*s65"); note which
+    export.json dim it is, so that the engine stage can size every tensor at the profile's max."""
+    symbols = {m for v in model.graph.all_nodes() for out in v.outputs if out.shape is not None
+               for d in out.shape if not isinstance(d, int) for m in _TORCH_SYMBOL.findall(str(d))}
+    if len(symbols) == 1:
+        model.metadata_props[DIM_SYMBOL_KEY] = json.dumps({symbols.pop(): dim})
+
 def encoder_onnx(reae, settings: ExportSettings):
     encoder = EncoderGraph(reae, settings.geometry, settings.dtype)
     # Traced with at least 3 latents (k here, n below): torch.export specialises a dimension traced at
@@ -142,6 +157,7 @@ def encoder_onnx(reae, settings: ExportSettings):
         model = to_onnx(encoder, encoder.example_inputs(4 * latents), encoder.input_names,
                         encoder.output_names, ({0: 4 * k}, tuple(None for _ in encoder.state_shapes)),
                         {("frames", 0): "T", ("latents", 2): "T/4"})
+    record_dim_symbol(model, "T/4")
     return model, {"T": {"min": 4, "opt": settings.clip_len, "max": settings.clip_len + 4}}
 
 
@@ -153,23 +169,45 @@ def decoder_onnx(reae, settings: ExportSettings):
         model = to_onnx(decoder, decoder.example_inputs(traced), decoder.input_names, decoder.output_names,
                         ({2: Dim("n", min=1, max=traced)}, tuple(None for _ in decoder.state_shapes)),
                         {("latents", 2): "n", ("frames", 0): "4n"})
+    record_dim_symbol(model, "n")
     return model, {"n": {"min": 1, "opt": n_lat, "max": n_lat + 1}}
 
 
-def dit_onnx(cfg, part, cond, latent_shape: tuple[int, ...], dtype: torch.dtype):
-    """One part for one latent-frame count: static shapes, no dynamic dimensions."""
-    module = DiTPart(cfg, part, cond, latent_shape, dtype)
+def dit_onnx(cfg, part, cond, latent_shape: tuple[int, ...], dtype: torch.dtype,
+             frames_range: tuple[int, int] | None = None, opt_frames: int | None = None):
+    """One part for one latent-frame count (static shapes), or for every F in frames_range: then the
+    latents' frame dim is "F" and the token count of the part boundaries "K" = F * (h/2) * (w/2)."""
+    module = DiTPart(cfg, part, cond, latent_shape, dtype, frames_range)
+    lo, hi = module.frames_range
+    shape = (*latent_shape[:2], hi, *latent_shape[3:])
+    if not module.dynamic:
+        with torch.no_grad():
+            return to_onnx(module, module.example_inputs(shape), module.input_names, module.output_names), {}
+    frames = Dim("F", min=lo, max=hi)
+    names = {(module.input_names[0], 2 if module.input_names[0] == "latents" else 1):
+             "F" if module.input_names[0] == "latents" else "K"}
+    names[(module.output_names[0], 2 if module.projects else 1)] = "F" if module.projects else "K"
     with torch.no_grad():
-        return to_onnx(module, module.example_inputs(latent_shape), module.input_names, module.output_names), {}
+        model = to_onnx(module, module.example_inputs(shape), module.input_names, module.output_names,
+                        module.dynamic_shapes(frames), names)
+    record_dim_symbol(model, "F")
+    opt = opt_frames or lo
+    # "F" is listed for every part (a middle part's inputs name only "K"): the engine stage sizes inner tensors by it.
+    dynamic = {"F": {"min": lo, "opt": opt, "max": hi}}
+    if any(n.startswith("hidden.") for n in module.input_names + module.output_names):
+        dynamic["K"] = {k: v * module.frame_tokens for k, v in dynamic["F"].items()}
+    return model, dynamic
 
 
 def _export_into(folder: Path, source: WeightSource, settings: ExportSettings, progress: bool,
                  rss: PeakRss) -> ExportReport:
     dtype, cfg = settings.dtype, source.cfg
     ranges = part_ranges(cfg.num_layers, settings.dit_parts)
-    counts = settings.dit_latent_frames
+    chains = settings.dit_chains
+    # The MIDDLE chunks' count: most DiT calls are made with it, so a dynamic engine is tuned for it.
+    middle = settings.latents_per_clip + min(settings.dit_overlap, settings.latents_per_clip)
     report = ExportReport(folder, {})
-    bar = tqdm(total=2 + len(ranges) * len(counts), desc="export", unit="graph", disable=not progress)
+    bar = tqdm(total=2 + len(ranges) * len(chains), desc="export", unit="graph", disable=not progress)
 
     def write(file: str, make_graph) -> dict:
         """make_graph() -> (ONNX model, dynamic ranges); written to `file`, described for export.json."""
@@ -199,7 +237,7 @@ def _export_into(folder: Path, source: WeightSource, settings: ExportSettings, p
 
     # ---- DiT, part by part -------------------------------------------------------------------------
     latent_w, latent_h = settings.geometry.latent_size
-    dit_entries = {str(f): [] for f in counts}
+    dit_entries = {frames_key(*r): [] for r in chains}
     rss.restart()
     started = time.perf_counter()
     cond, parts = stream_parts(source, ranges, dtype,
@@ -208,11 +246,12 @@ def _export_into(folder: Path, source: WeightSource, settings: ExportSettings, p
         # Reading (or drawing) this part's weights and computing its cross-attention keys/values.
         report.graphs.append(GraphStats(f"(dit part {part.index} weights)", time.perf_counter() - started,
                                         rss.gb(), 0))
-        for frames in counts:
-            entry = write(dit_file(frames, part.index, len(ranges)),
-                          lambda: dit_onnx(cfg, part, cond, (1, 48, frames, latent_h, latent_w), dtype))
+        for lo, hi in chains:
+            key = frames_key(lo, hi)
+            entry = write(dit_file(key, part.index, len(ranges)),
+                          lambda: dit_onnx(cfg, part, cond, (1, 48, hi, latent_h, latent_w), dtype, (lo, hi), middle))
             entry["blocks"] = list(part.block_range)
-            dit_entries[str(frames)].append(entry)
+            dit_entries[key].append(entry)
         del part
         gc.collect()
         rss.restart()

@@ -16,6 +16,9 @@ from swiftvr.sizes import FrameGeometry, frame_geometry, parse_size
 PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}
 SCALE_RANGE = (1.0, 4.0)
 OPSET = 23          # ONNX `Attention` exists from opset 23; TensorRT maps it to its fused attention
+# "dynamic": one DiT graph (set of parts) for every latent-frame count, its frame dim dynamic, so a
+# bundle carries the DiT weights once; "static": one graph per count (a shape-specialised engine each).
+DIT_SHAPES = ("dynamic", "static")
 
 
 class ExportError(ValueError):
@@ -30,6 +33,7 @@ class ExportSettings:
     clip_len: int = 24
     dit_overlap: int = 0
     dit_parts: int = 1
+    dit_shapes: str = "dynamic"   # one of DIT_SHAPES
 
     @property
     def dtype(self) -> torch.dtype:
@@ -45,6 +49,17 @@ class ExportSettings:
         return dit_latent_counts(self.clip_len, self.dit_overlap)
 
     @property
+    def dit_chains(self) -> list[tuple[int, int]]:
+        """The DiT graphs to export, as the (lo, hi) latent frames each serves: one dynamic chain for
+        all counts, or one static chain (lo == hi) per count."""
+        counts = self.dit_latent_frames
+        if self.dit_shapes == "static":
+            return [(f, f) for f in counts]
+        if counts != list(range(counts[0], counts[-1] + 1)):     # the protocol's counts are consecutive
+            raise ExportError(f"the DiT latent-frame counts {counts} are not one range; use --dit-shapes static")
+        return [(counts[0], counts[-1])]
+
+    @property
     def encoder_frames(self) -> list[int]:
         """Frames per encoder call: FIRST clip_len+4, MIDDLE clip_len, LAST 4b+4 for b = 0..clip_len/4."""
         return list(range(4, self.clip_len + 5, 4))
@@ -56,8 +71,8 @@ class ExportSettings:
 
 
 def make_settings(res: str, scale: float | None = None, input_size: str | None = None, precision: str = "bf16",
-                  clip_len: int = 24, dit_overlap: int = 0, dit_parts: int = 1, num_layers: int | None = None
-                  ) -> ExportSettings:
+                  clip_len: int = 24, dit_overlap: int = 0, dit_parts: int = 1, num_layers: int | None = None,
+                  dit_shapes: str = "dynamic") -> ExportSettings:
     """Checks a request and derives its sizes. `num_layers` (the DiT's) bounds `dit_parts` when known."""
     try:
         output_size = parse_size(res)
@@ -91,7 +106,9 @@ def make_settings(res: str, scale: float | None = None, input_size: str | None =
     if dit_parts < 1 or (num_layers is not None and dit_parts > num_layers):
         limit = f" (the DiT has {num_layers} blocks)" if num_layers is not None else ""
         raise ExportError(f"--dit-parts must be between 1 and the number of DiT blocks{limit}, got {dit_parts}")
-    return ExportSettings(geometry, float(scale), precision, clip_len, dit_overlap, dit_parts)
+    if dit_shapes not in DIT_SHAPES:
+        raise ExportError(f"--dit-shapes must be one of {', '.join(DIT_SHAPES)}, got {dit_shapes!r}")
+    return ExportSettings(geometry, float(scale), precision, clip_len, dit_overlap, dit_parts, dit_shapes)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

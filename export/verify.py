@@ -76,6 +76,12 @@ def graph_entries(meta: dict) -> list[tuple[str, dict]]:
     return [(g.role, g.to_json()) for g in contract_from_json(meta, "export.json").graphs()]
 
 
+def dit_chain(meta: dict, frames: int) -> list[dict]:
+    """The export.json entries of the DiT parts that take `frames` latent frames (a static chain, or
+    the dynamic one whose range covers it)."""
+    return [p.to_json() for p in contract_from_json(meta, "export.json").chain(frames)]
+
+
 def check_structure(folder: Path, meta: dict) -> list[str]:
     """Problems found (empty when all is well); prints one line per graph."""
     problems = []
@@ -211,7 +217,7 @@ class OrtGraphs:
     def dit(self, latents: np.ndarray) -> tuple[np.ndarray, dict]:
         """restored, and every part boundary `hidden.<b>`."""
         values = {"latents": latents}
-        for part in self.meta["graphs"]["dit"][str(latents.shape[2])]:
+        for part in dit_chain(self.meta, latents.shape[2]):
             values.update(self.run(part, values))
         return values["restored"], {k: v for k, v in values.items() if k.startswith("hidden.")}
 
@@ -356,7 +362,7 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
         z = rng.standard_normal((1, 48, count, latent_h, latent_w)).astype(np.float32)
         z_graph = z.astype(graphs.float)
         restored, hidden = graphs.dit(z_graph)
-        parts = meta["graphs"]["dit"][str(count)]
+        parts = dit_chain(meta, count)
         want, want_hidden = ref.dit(z_graph.astype(np.float32), [p["blocks"][1] for p in parts[:-1]])
         for name in want_hidden:
             results.append(compare(f"dit F={count} {name}", "hidden", hidden[name], want_hidden[name], tol))

@@ -59,8 +59,8 @@ def spec_from_meta(meta: dict, source: str, backend: str, device: str) -> ModelS
 
 
 def plan_from_meta(meta: dict, source: str) -> Contract:
-    """What a backend executes: the encoder, the DiT chain per latent-frame count, the decoder and
-    the state pairs, checked (export/contract.py), from a bundle manifest or export.json."""
+    """What a backend executes: the encoder, the DiT chain per latent-frame count (one dynamic chain
+    may serve several: `chain(F)` is then the same parts for each), the decoder and the state pairs, checked (export/contract.py), from a bundle manifest or export.json."""
     try:
         return contract_from_manifest(meta, source) if "engines" in meta else contract_from_json(meta, source)
     except ContractError as e:

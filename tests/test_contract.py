@@ -40,6 +40,10 @@ def restore(bundle, frames: np.ndarray) -> np.ndarray:
 
 TINY_RES, TINY_SCALE, TINY_CLIP_LEN = "64x32", 2, 4   # input 32x16; latent counts {1, 2} / {2}
 LAYOUTS = [(parts, overlap) for overlap in (0, 1) for parts in (1, 2, 3)]
+# Overlap 0 also with one static DiT chain per count (--dit-shapes static, the layout before the
+# dynamic frame dim): the dynamic set must restore the same frames. Overlap 1 has one count, so
+# its one chain is a static graph either way.
+STATIC_LAYOUTS = [(1, 0), (3, 0)]
 
 
 @contextlib.contextmanager
@@ -80,13 +84,14 @@ def trace_each_graph_once(folder: Path):
         patch.setattr(WeightSource, "reae", reae_once)
         patch.setattr(exporter, "encoder_onnx", once(exporter.encoder_onnx, reae_key("encoder")))
         patch.setattr(exporter, "decoder_onnx", once(exporter.decoder_onnx, reae_key("decoder")))
-        patch.setattr(exporter, "dit_onnx", once(exporter.dit_onnx, lambda cfg, part, cond, shape, dtype:
-                                                 f"dit-{part.block_range}-{shape}-{dtype}".replace(" ", "")))
+        patch.setattr(exporter, "dit_onnx", once(exporter.dit_onnx, lambda cfg, part, cond, shape, dtype, frames=None,
+                                                 opt=None: f"dit-{part.block_range}-{shape}-{frames}-{dtype}"
+                                                 .replace(" ", "")))
         yield
 
 
 def make_layouts(root: Path) -> dict:
-    """Export, bundle (cpu) and run every layout: {(parts, overlap): (bundle, frames out, plan lines)}."""
+    """Export, bundle (cpu) and run every layout: {(parts, overlap[, "static"]): (bundle, frames out, plan lines)}."""
     from export.exporter import run_export
     from export.settings import make_settings
     from export.weights import random_source
@@ -99,15 +104,18 @@ def make_layouts(root: Path) -> dict:
     results = {}
     (root / "traced").mkdir(exist_ok=True)
     with trace_each_graph_once(root / "traced"):
-        for parts, overlap in LAYOUTS:
+        for key in LAYOUTS + [(*layout, "static") for layout in STATIC_LAYOUTS]:
+            parts, overlap, shapes = (*key, "dynamic")[:3]
             settings = make_settings(TINY_RES, scale=TINY_SCALE, precision="fp32", clip_len=TINY_CLIP_LEN,
-                                     dit_overlap=overlap, dit_parts=parts, num_layers=source.cfg.num_layers)
-            export = root / f"export-{parts}-{overlap}"
+                                     dit_overlap=overlap, dit_parts=parts, num_layers=source.cfg.num_layers,
+                                     dit_shapes=shapes)
+            name = "-".join(map(str, key))
+            export = root / f"export-{name}"
             run_export(source, settings, export, overwrite=True, progress=False)
-            bundle, _, _ = make_bundle(export, "cpu", out=root / f"tiny-{parts}-{overlap}.plan")
+            bundle, _, _ = make_bundle(export, "cpu", out=root / f"tiny-{name}.plan")
             shutil.rmtree(export)               # the bundle holds the graphs
             plan = c.contract_from_manifest(read_manifest(bundle), str(bundle))
-            results[parts, overlap] = (bundle, restore(bundle, frames), plan.describe())
+            results[key] = (bundle, restore(bundle, frames), plan.describe())
     shutil.rmtree(root / "traced")
     return results
 
@@ -135,10 +143,20 @@ def test_split_dit_restores_like_the_whole_dit(tiny_layouts, parts, overlap):
     # passed between sessions instead of inside one: nothing in the math changes.
     assert split.shape == whole.shape == (13, 32, 64, 3)
     np.testing.assert_array_equal(split, whole)
-    counts = [1, 2] if overlap == 0 else [2]
-    assert [line.split()[1] for line in plan if line.lstrip().startswith("dit F=")] == \
-        [f"F={f}" for f in counts]
-    assert sum(".onnx  " in line and "dit.f" in line for line in plan) == parts * len(counts)
+    chain = "1-2" if overlap == 0 else "2"        # overlap 0: one dynamic chain for counts 1 and 2
+    assert [line.split()[1] for line in plan if line.lstrip().startswith("dit F=")] == [f"F={chain}"]
+    assert sum(".onnx  " in line and "dit.f" in line for line in plan) == parts
+
+
+@pytest.mark.parametrize("parts", [p for p, _ in STATIC_LAYOUTS])
+def test_one_dynamic_dit_set_restores_like_one_static_set_per_count(tiny_layouts, parts):
+    """Real frames through FIRST, MIDDLE (F = 1) and LAST (F = 2) chunks: the dynamic graphs cut
+    their F_max tables with integer arithmetic only, so float32 gives the static graphs' frames exactly."""
+    _, dynamic, dynamic_plan = tiny_layouts[parts, 0]
+    _, static, static_plan = tiny_layouts[parts, 0, "static"]
+    np.testing.assert_array_equal(dynamic, static)
+    assert [line.split()[1] for line in static_plan if line.lstrip().startswith("dit F=")] == ["F=1", "F=2"]
+    assert [line.split()[1] for line in dynamic_plan if line.lstrip().startswith("dit F=")] == ["F=1-2"]
 
 
 def test_overlap_changes_the_frames(tiny_layouts):
@@ -151,11 +169,11 @@ def test_inspect_prints_the_chain_the_runtime_runs(tiny_layouts, capsys):
     assert inspect_main([str(bundle), "--no-verify"]) == 0
     out = capsys.readouterr().out
     plan = out[out.index("execution plan"):]
-    for f in (1, 2):
-        assert f"dit.f{f}.0.onnx  latents -> hidden.1" in plan
-        assert f"dit.f{f}.1.onnx  hidden.1 -> hidden.2" in plan
-        assert f"dit.f{f}.2.onnx  hidden.2, latents -> restored" in plan
-    assert plan.index("dit F=1") < plan.index("dit.f1.0") < plan.index("dit.f1.1") < plan.index("dit.f1.2")
+    assert "dit.f1-2.0.onnx  latents -> hidden.1" in plan
+    assert "dit.f1-2.1.onnx  hidden.1 -> hidden.2" in plan
+    assert "dit.f1-2.2.onnx  hidden.2, latents -> restored" in plan
+    assert plan.index("dit F=1-2") < plan.index("dit.f1-2.0") < plan.index("dit.f1-2.1") < plan.index("dit.f1-2.2")
+    assert "GiB in host memory" in plan                        # a cpu bundle: no card to compare with
 
 
 # ---- 6 parts: a 6-block synthetic export (same random weights whatever the split) ---------------

@@ -22,7 +22,7 @@ from engines.build import BuildError
 from engines.bundle import BundleError, open_bundle, read_manifest, write_bundle
 from engines.export_folder import read_export
 from engines.inspect import main as inspect_main
-from engines.make_bundle import default_out, make_bundle
+from engines.make_bundle import BundleTooLarge, default_out, make_bundle
 from engines.profiles import PROFILES, get_profile
 from engines.synthetic import SyntheticConfig, write_synthetic_export
 
@@ -224,6 +224,12 @@ def test_inspect_rtx_bundle(rtx_bundle, capsys):
     assert "dit.0     dit.0.engine" in out and "attention 1 in / 1 out for 1 ONNX Attention" in out
     assert "frames           uint8     [T,16,16,3]  min 4x16x16x3 opt 8x16x16x3 max 12x16x16x3" in out
     assert "engines not checked" in out or "engines deserialized" in out
+    # the memory plan: every engine's size and activations, the total against the card
+    assert out.count("            memory: engine ") == 4
+    assert "on the GPU" in out and "rtx5090 (32 GB): budget 30.0 GiB: fits" in out
+    plan = rtx_bundle[1]["memory_plan"]
+    assert plan["engines_bytes"] == sum(e["memory"]["engine_bytes"] for e in rtx_bundle[1]["engines"])
+    assert plan["total_bytes"] == plan["engines_bytes"] + plan["activation_bytes"] + plan["io_bytes"]
 
 
 # ------------------------------------------------------------------------------------ cpu bundle
@@ -373,5 +379,13 @@ def test_weights_over_memory_budget(fp16_export, tmp_path, monkeypatch):
     import dataclasses
     tiny = dataclasses.replace(get_profile("rtx5090"), name="tiny-gpu", memory_budget_gb=1e-4)
     monkeypatch.setitem(PROFILES, "tiny-gpu", tiny)
-    with pytest.raises(BuildError, match=r"weights \(0.0 GiB\) exceed the tiny-gpu memory budget"):
+    # refused before any build, with the plan's numbers (engines/memory.py) and what to change
+    with pytest.raises(BundleTooLarge, match=r"needs 0.0 GiB on the GPU \(engines 0.0 \+ activations 0.0 \(estimated\) "
+                                             r"\+ I/O 0.0\) but tiny-gpu has a budget of 0.0001 GiB: export with"):
         make_bundle(fp16_export, "tiny-gpu", out=tmp_path / "x.plan", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    # build_engines keeps its own weights check for callers that skip make_bundle
+    from engines.build import build_engines
+    from engines.export_folder import read_export
+    with pytest.raises(BuildError, match=r"weights \(0.0 GiB\) exceed the tiny-gpu memory budget"):
+        build_engines(read_export(fp16_export), tiny, tmp_path / "cache")

@@ -2,7 +2,8 @@
 
 The tiny preset with seeded random weights, clip_len 8, at two small sizes:
   * fp32, output 70x50 (divisible by neither 16 nor 32), scale 4 (input 18x12), DiT overlap 0
-    (latent counts {2, 3}) in 2 parts: the contract, every graph vs torch, a 4-chunk stream;
+    (latent counts {2, 3}, one dynamic DiT graph set) in 2 parts: the contract, every graph vs
+    torch, a 4-chunk stream;
   * an fp16 encoder for output 96x64 at scale 1 (no resize);
   * fp16 and bf16 DiT graphs on their own, with 2x2-token windows so that MFSWA has several windows
     at a test-sized grid (ONNX Runtime has no bf16 kernels: widened run; TensorRT-RTX parse when
@@ -203,17 +204,17 @@ def test_manifest_records_sizes_protocol_and_io(fp32_export):
     assert dec["outputs"][0] == {"name": "frames", "shape": ["4n", 50, 70, 3], "dtype": "uint8"}
     assert dec["dynamic"] == {"n": {"min": 1, "opt": 2, "max": 3}}
 
-    assert sorted(g["dit"]) == ["2", "3"]
-    for frames, parts in g["dit"].items():
-        f = int(frames)
-        tokens = f * 2 * 3
-        assert [p["file"] for p in parts] == [f"dit.f{f}.0.onnx", f"dit.f{f}.1.onnx"]
-        assert [p["blocks"] for p in parts] == [[0, 2], [2, 3]]
-        latents = {"name": "latents", "shape": [1, 48, f, 4, 6], "dtype": "float32"}
-        hidden = {"name": "hidden.2", "shape": [1, tokens, 128], "dtype": "float32"}
-        assert (parts[0]["inputs"], parts[0]["outputs"]) == ([latents], [hidden])
-        assert (parts[1]["inputs"], parts[1]["outputs"]) == ([hidden, latents], [{**latents, "name": "restored"}])
-        assert all(p["dynamic"] == {} for p in parts)
+    # One DiT graph set for both counts: the frame dim "F" is dynamic, the boundary's tokens "K" = F * 2 * 3.
+    assert sorted(g["dit"]) == ["2-3"]
+    parts = g["dit"]["2-3"]
+    assert [p["file"] for p in parts] == ["dit.f2-3.0.onnx", "dit.f2-3.1.onnx"]
+    assert [p["blocks"] for p in parts] == [[0, 2], [2, 3]]
+    latents = {"name": "latents", "shape": [1, 48, "F", 4, 6], "dtype": "float32"}
+    hidden = {"name": "hidden.2", "shape": [1, "K", 128], "dtype": "float32"}
+    assert (parts[0]["inputs"], parts[0]["outputs"]) == ([latents], [hidden])
+    assert (parts[1]["inputs"], parts[1]["outputs"]) == ([hidden, latents], [{**latents, "name": "restored"}])
+    frames = {"min": 2, "opt": 2, "max": 3}                         # opt: the MIDDLE chunks' count
+    assert all(p["dynamic"] == {"F": frames, "K": {k: 6 * v for k, v in frames.items()}} for p in parts)
 
     for which, names in (("encoder", [4, 5, 6, 9, 10, 11, 14, 15, 16]), ("decoder", [3, 4, 5, 9, 10, 11, 15, 16, 17])):
         pairs = m["state"][which]
@@ -229,8 +230,7 @@ def test_graphs_pass_checker_and_structure(fp32_export):
     m = manifest(fp32_export)
     assert check_structure(fp32_export, m) == []
     files = sorted(p.name for p in fp32_export.iterdir())
-    assert files == ["decoder.onnx", "dit.f2.0.onnx", "dit.f2.1.onnx", "dit.f3.0.onnx", "dit.f3.1.onnx",
-                     "encoder.onnx", "export.json"]
+    assert files == ["decoder.onnx", "dit.f2-3.0.onnx", "dit.f2-3.1.onnx", "encoder.onnx", "export.json"]
     for name in files[:-1]:
         onnx.checker.check_model(onnx.load(str(fp32_export / name)), full_check=True)
     encoder_ops = {n.op_type for n in onnx.load(str(fp32_export / "encoder.onnx")).graph.node}
@@ -280,7 +280,7 @@ def test_verification_catches_a_wrong_graph(fp32_export, tmp_path):
     m = manifest(fp32_export)
     for path in fp32_export.iterdir():
         (tmp_path / path.name).symlink_to(path)
-    part = m["graphs"]["dit"]["3"][1]["file"]
+    part = m["graphs"]["dit"]["2-3"][1]["file"]
     model = onnx.load(str(fp32_export / part))
     weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     array = onnx.numpy_helper.to_array(weight) * 1.5
@@ -297,7 +297,7 @@ def test_verification_catches_a_wrong_graph(fp32_export, tmp_path):
 def test_verify_cli_structure_only(fp32_export, tmp_path, capsys):
     from export.verify import main as verify_main
     assert verify_main([str(fp32_export), "--structure-only"]) == 0
-    assert "dit.f3.1.onnx" in capsys.readouterr().out
+    assert "dit.f2-3.1.onnx" in capsys.readouterr().out
     # export.json that disagrees with a graph: caught.
     for path in fp32_export.iterdir():
         if path.name != "export.json":
