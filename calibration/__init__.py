@@ -5,8 +5,7 @@
 The result is an export folder with the same graph contract (same inputs and outputs; Q/DQ pairs
 inside), export.json's `quantization` field, and calibration.json: the record of what was measured
 and decided (see calibration/calibrate.py).
-"""
-from .calibrate import PRECISIONS, calibrate
-from .video import CalibrationError
 
-__all__ = ["calibrate", "CalibrationError", "PRECISIONS"]
+Import what you need from its module (calibration.calibrate.calibrate, calibration.quality, ...):
+this package file imports nothing, so engines.inspect can read quality reports without onnx.
+"""

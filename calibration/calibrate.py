@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.contract import ContractError, contract_from_json, read_export_json, write_export_json
+from export.contract import (ContractError, check_quantization, contract_from_json, read_export_json,
+                             write_export_json)
 
 from .layers import CANDIDATES, STAGE_OF, node_groups
 from .quality import FIDELITY_NOTE, combine, compare_frames
@@ -214,6 +215,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
     quantization = {"precision": precision, "record": RECORD, "groups": sorted(chosen),
                     "layers": sum(len(v) for v in layers.values()), "quality": record["quality"]}
     new_meta = {**meta, "quantization": quantization}
+    check_quantization(new_meta, "export.json")
     contract_from_json(new_meta, "export.json")
     write_export_json(tmp, new_meta)
     log(f"quantized {quantization['layers']} layers ({', '.join(sorted(chosen))}); end to end on held-out clips: "

@@ -14,6 +14,8 @@ ONNX Runtime's quantizer works on float32 graphs. A bf16 export is widened to fl
 (export.verify.widen_bf16) and narrowed back afterwards: every tensor that was bf16 in the export
 is bf16 again, and each scale takes the dtype of the tensor it quantizes.
 """
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -73,12 +75,13 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str, node
     external = any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(str(src), load_external_data=False).graph.initializer)
     logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call
-    quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                    per_channel=True, activation_type=quant_type(precision), weight_type=quant_type(precision),
-                    nodes_to_quantize=nodes, use_external_data_format=external,
-                    calibrate_method=calibrate_method(precision), calibration_cache_path=str(cache),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    with contextlib.redirect_stdout(io.StringIO()):  # and its histogram progress, printed to stdout
+        quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        per_channel=True, activation_type=quant_type(precision), weight_type=quant_type(precision),
+                        nodes_to_quantize=nodes, use_external_data_format=external,
+                        calibrate_method=calibrate_method(precision), calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
