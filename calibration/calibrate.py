@@ -86,9 +86,9 @@ def calibrate(export_dir, videos: list, precision: str, out, holdout: list | Non
         else:
             c = calib[0]
             half = len(c.frames) // 2
-            if half < clip_len + 5:
+            if half < 2 * clip_len + 5:
                 raise CalibrationError(f"{c.path} ({len(c.frames)} frames) is too short to split into a calibration "
-                                       f"half and a held-out half of {clip_len + 5}+ frames each; give a longer "
+                                       f"half and a held-out half of {2 * clip_len + 5}+ frames each; give a longer "
                                        f"clip or --holdout CLIP")
             from .video import Clip
             held = [Clip(c.path, c.sha256, c.frames[half:], c.source_size,
@@ -126,6 +126,9 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
     log(f"calibration: streaming {sum(len(c.frames) for c in calib)} frames of {len(calib)} clip(s) through "
         f"{export_dir} ...")
     feeds, reference, kinds = record_feeds(export_dir, meta, [c.frames for c in calib], float_files)
+    silent = [f for f, calls in feeds.items() if not calls]
+    if silent:
+        raise CalibrationError(f"the calibration clips never call {silent}: give longer clips")
     models = {f: onnx.load(str(p), load_external_data=False) for f, p in float_files.items()}
     groups = {f: node_groups(models[f], entries[f].role) for f in entries}
 

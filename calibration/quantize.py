@@ -38,13 +38,18 @@ def calibrate_method(precision: str):
 
 
 class FeedReader:
-    """onnxruntime.quantization.CalibrationDataReader over recorded input feeds."""
+    """onnxruntime.quantization.CalibrationDataReader over recorded input feeds. quantize_static
+    reads it one call at a time (set_range, "CalibStridedMinMax" 1): its histogram collector (FP8)
+    cannot merge one batch of activations of different shapes (the encoder's T varies per chunk)."""
 
     def __init__(self, feeds: list[dict]):
-        self.feeds, self.i = feeds, 0
+        self.feeds, self.i, self.end = feeds, 0, len(feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.feeds))
 
     def get_next(self):
-        if self.i >= len(self.feeds):
+        if self.i >= self.end:
             return None
         self.i += 1
         return self.feeds[self.i - 1]
@@ -81,7 +86,8 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str, node
                         per_channel=True, activation_type=quant_type(precision), weight_type=quant_type(precision),
                         nodes_to_quantize=nodes, use_external_data_format=external,
                         calibrate_method=calibrate_method(precision), calibration_cache_path=str(cache),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibStridedMinMax": 1})
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
@@ -140,6 +146,6 @@ def _bf16_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
     """float32 -> bf16 with round-to-nearest-even (what torch's .to(bfloat16) does)."""
     bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    t = onnx.helper.make_tensor(name, onnx.TensorProto.BFLOAT16, array.shape, [])
+    t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.BFLOAT16, dims=array.shape)
     t.raw_data = rounded.tobytes()
     return t

@@ -66,9 +66,9 @@ def read_clip(path, size: tuple[int, int], max_frames: int | None = None) -> Cli
 
 
 def check_length(clip: Clip, clip_len: int) -> None:
-    """A calibration clip must fill at least one whole FIRST chunk and start the next one, so that
-    the carried ReAE state and a LAST chunk are exercised too."""
-    need = clip_len + 5
+    """A calibration clip must make a FIRST, a MIDDLE and a LAST chunk: every DiT graph (the MIDDLE
+    chunk's latent count has its own) is then called, and the carried ReAE state is exercised."""
+    need = 2 * clip_len + 5
     if len(clip.frames) < need:
         raise CalibrationError(f"calibration video {clip.path} is too short: {len(clip.frames)} frames; one chunk "
-                               f"(clip_len {clip_len}) needs at least {need}")
+                               f"(clip_len {clip_len}: FIRST, MIDDLE and LAST chunks) needs at least {need}")
