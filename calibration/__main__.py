@@ -1,5 +1,6 @@
 """python -m calibration --export DIR --video a.mp4 [b.mp4 ...] --precision fp8|int8 --out DIR_Q"""
 import argparse
+import signal
 import sys
 
 from .calibrate import PRECISIONS, calibrate
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--groups", nargs="+", help=f"quantize these groups regardless: {', '.join(CANDIDATES)}")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    # SIGTERM as an exception: the temporary output folder is then removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         record = calibrate(a.export, a.video, a.precision, a.out, a.holdout, a.max_frames, a.min_psnr, a.groups,
                            a.overwrite)

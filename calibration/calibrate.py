@@ -4,8 +4,8 @@
      record every graph's input feeds per call.
   2. Per graph, measure activation ranges once (onnxruntime.quantization, cached).
   3. Per candidate layer group (calibration/layers.py), quantize that group alone and measure the
-     restored calibration clips against the unquantized graphs' (PSNR); keep the groups that stay
-     at or above `min_psnr` dB. The decision and the number go into the record.
+     restored frames of the first calibration clip (its first FIRST+MIDDLE+LAST chunks) against the
+     unquantized graphs' (PSNR); keep the groups that stay at or above `min_psnr` dB. The decision and the number go into the record.
   4. Quantize every graph with the kept groups; report PSNR/SSIM/largest level difference on the
      held-out clips, end to end and with one stage quantized at a time.
   5. Write the folder: graphs, export.json (the export's, plus a `quantization` field, through
@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,6 +35,13 @@ from .stream import StreamGraphs, record_feeds, restore
 from .video import CalibrationError, check_length, read_clip, sha256_file
 
 PRECISIONS = ("int8", "fp8")
+# The groups whose sensitivity is measured by default. FP8 tries the DiT's linears only: FP8 runs
+# on GPUs, where the DiT is the cost, and measuring FP8 ReAE convolutions here means ONNX
+# Runtime's histogram calibration and emulated FP8 convolutions (dequantize + float32), which took
+# over 10 minutes for the tiny decoder at 96x64 on 2 cores (encoder.conv alone: 37.8 dB, under 40).
+# --groups tries any group.
+TRIED = {"int8": CANDIDATES, "fp8": ("dit.self_attn", "dit.cross_attn", "dit.ffn")}
+TRIED_NOTE = {"int8": "", "fp8": "not tried for fp8 by default (ReAE convolutions: --groups; docs/benchmarks.md)"}
 RECORD = "calibration.json"
 
 
@@ -46,6 +54,16 @@ def _graph_files(folder: Path, entry_file: str) -> list[Path]:
     model = onnx.load(str(folder / entry_file), load_external_data=False)
     data = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     return [folder / entry_file] + [folder / d for d in sorted(data)]
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def calibrate(export_dir, videos: list, precision: str, out, holdout: list | None = None,
@@ -99,6 +117,10 @@ def calibrate(export_dir, videos: list, precision: str, out, holdout: list | Non
         for note in c.notes:
             log(f"note: {c.path}: {note}")
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):    # left by a run that was killed (SIGKILL)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / ".work").mkdir(parents=True)
@@ -125,7 +147,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
 
     log(f"calibration: streaming {sum(len(c.frames) for c in calib)} frames of {len(calib)} clip(s) through "
         f"{export_dir} ...")
-    feeds, reference, kinds = record_feeds(export_dir, meta, [c.frames for c in calib], float_files)
+    feeds, _, kinds = record_feeds(export_dir, meta, [c.frames for c in calib], float_files)
     silent = [f for f, calls in feeds.items() if not calls]
     if silent:
         raise CalibrationError(f"the calibration clips never call {silent}: give longer clips")
@@ -147,11 +169,22 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         graphs = StreamGraphs(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
         return combine([compare_frames(restore(graphs, c.frames), r) for c, r in zip(clips, refs)])
 
+    # Sensitivity trials stream one short clip: the first FIRST+MIDDLE+LAST frames of the first
+    # calibration clip (every graph called, state carried); one stream per group keeps this cheap
+    # where ONNX Runtime only emulates the precision (FP8: dequantize + float op).
+    trial_frames = min(len(calib[0].frames), 2 * meta["chunk"]["clip_len"] + 5)
+    trial = [replace(calib[0], frames=calib[0].frames[:trial_frames])]
+    trial_ref = [restore(StreamGraphs(export_dir, meta, float_files), trial[0].frames)]
     decisions = []
     present = [g for g in CANDIDATES if any(g in groups[f] for f in entries)]
     for g in present:
+        if not forced_groups and g not in TRIED[precision]:
+            decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
+                              "alone_on_calibration": None, "quantized": False, "reason": TRIED_NOTE[precision]})
+            log(f"  {g:<15} not tried: {TRIED_NOTE[precision]}")
+            continue
         t = time.perf_counter()
-        result = stream_psnr(quantize_set({g}, work / g), calib, reference)
+        result = stream_psnr(quantize_set({g}, work / g), trial, trial_ref)
         keep = g in forced_groups if forced_groups else (result["psnr_db"] is None or result["psnr_db"] >= min_psnr)
         why = ("chosen by --groups" if forced_groups and keep else "left out by --groups" if forced_groups else
                f"PSNR alone {'>=' if keep else '<'} {min_psnr} dB")
@@ -161,7 +194,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
             f"{'quantize' if keep else 'keep high precision'} ({time.perf_counter() - t:.1f} s)")
     chosen = {d["group"] for d in decisions if d["quantized"]}
     if not chosen:
-        alone = ", ".join(f"{d['group']} {d['alone_on_calibration']['psnr_db']} dB" for d in decisions)
+        alone = ", ".join(f"{d['group']} {d['alone_on_calibration']['psnr_db']} dB" for d in decisions
+                          if d["alone_on_calibration"])
         raise CalibrationError(f"no layer group stays at or above {min_psnr} dB when quantized alone "
                                f"({alone}); "
                                f"lower --min-psnr or pick --groups")
@@ -202,7 +236,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                           "export_json_sha256": sha256_file(export_dir / "export.json")},
         "method": {"library": f"onnxruntime.quantization {onnxruntime.__version__}", "format": "QDQ",
                    "calibrate_method": calibrate_method(precision).name, "per_channel_weights": True,
-                   "symmetric": True, "min_psnr_db": min_psnr,
+                   "symmetric": True, "min_psnr_db": min_psnr, "sensitivity_frames": trial_frames,
                    "data": "real frames through the chunk protocol (run_chunk), ReAE state carried"},
         "videos": [c.record("calibration", len(c.frames)) for c in calib] +
                   [c.record("held-out", len(c.frames)) for c in held],

@@ -81,8 +81,8 @@ def print_quantization(m: dict) -> None:
           f"{q['method']['calibrate_method']} ranges from {sum(v['frames_used'] for v in q['videos'] if v['role'] == 'calibration')} "
           f"calibration frames)")
     for d in q["decisions"]:
-        print(f"  {d['group']:<15} {'quantized' if d['quantized'] else 'high precision':<15} alone: PSNR "
-              f"{d['psnr_db_alone']} dB  ({d['reason']})")
+        alone = f"alone: PSNR {d['psnr_db_alone']} dB  " if d["psnr_db_alone"] is not None else ""
+        print(f"  {d['group']:<15} {'quantized' if d['quantized'] else 'high precision':<15} {alone}({d['reason']})")
     print(f"  kept high precision by rule: {', '.join(q['kept_high_precision']) or '-'}")
     for e in m["engines"]:
         net = e["network"]
