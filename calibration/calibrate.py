@@ -21,7 +21,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from export.contract import (ContractError, check_quantization, contract_from_json, read_export_json,
