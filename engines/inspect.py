@@ -43,7 +43,8 @@ def print_manifest(bundle, verified: bool) -> None:
     print(f"bundle    {bundle.path}  ({_mib(bundle.path.stat().st_size)}, {m['format']} v{m['format_version']}, "
           f"members {'sha256 verified' if verified else 'NOT verified (--no-verify)'})")
     print(f"target    {t['gpu']}  {t['flavour']}  SM {', '.join(t['compute_capabilities']) or '-'}  "
-          f"precision {m['precision']}  memory budget "
+          f"precision {m['precision']}{' + ' + m['quantization']['precision'] + ' Q/DQ' if m.get('quantization') else ''}"
+          f"  memory budget "
           f"{str(t['memory_budget_gb']) + ' GB' if t['memory_budget_gb'] else 'host memory'}")
     print(f"builder   {b['module']} {b['version'] or ''}  settings {json.dumps(b['settings'])}")
     model = m.get("model") or {}
@@ -90,6 +91,25 @@ def memory_plan_lines(manifest) -> list[str]:
     return describe_plan(plan_total(entries), PROFILES.get(manifest["target"]["gpu"]))
 
 
+def print_quantization(m: dict) -> None:
+    """The calibration decisions, quantized layers per group and per engine, and the quality report."""
+    from calibration.quality import format_report
+    q = m["quantization"]
+    print(f"quantized {q['precision']}: {q['layers']} layers ({q['method']['library']}, {q['method']['format']}, "
+          f"{q['method']['calibrate_method']} ranges from {sum(v['frames_used'] for v in q['videos'] if v['role'] == 'calibration')} "
+          f"calibration frames)")
+    for d in q["decisions"]:
+        alone = f"alone: PSNR {d['psnr_db_alone']} dB  " if d["psnr_db_alone"] is not None else ""
+        print(f"  {d['group']:<15} {'quantized' if d['quantized'] else 'high precision':<15} {alone}({d['reason']})")
+    print(f"  kept high precision by rule: {', '.join(q['kept_high_precision']) or '-'}")
+    for e in m["engines"]:
+        net = e["network"]
+        layer_types = net.get("layer_types") or net.get("op_types") or {}
+        qdq = sum(layer_types.get(k, 0) for k in ("QUANTIZE", "DEQUANTIZE", "QuantizeLinear", "DequantizeLinear"))
+        print(f"  {e['name']:<9} {q['layers_per_graph'].get(e['name'] + '.onnx', 0):>4} quantized layers, {qdq} Q/DQ layers")
+    print("\n".join(format_report(q["quality"])))
+
+
 def check_tensorrt_engines(bundle) -> list[str]:
     """Deserialize and inspect each engine where this machine can; say plainly where it cannot."""
     m = bundle.manifest
@@ -121,8 +141,10 @@ def check_tensorrt_engines(bundle) -> list[str]:
         attention = sum(1 for layer in layers if any(k in json.dumps(layer).lower() for k in ("attention", "mha")))
         io = [f"{engine.get_tensor_name(i)} {engine.get_tensor_dtype(engine.get_tensor_name(i)).name}"
               for i in range(engine.num_io_tensors)]
+        low = Counter(p for layer in layers for p in ("FP8", "Int8") if p in json.dumps(layer))
         lines.append(f"  {e['name']}: {len(layers)} engine layers ({dict(kinds.most_common(6))}), "
-                     f"{attention} mentioning attention; I/O {', '.join(io)}")
+                     f"{attention} mentioning attention; layers with FP8/INT8 tensors {dict(low) or 0}; "
+                     f"I/O {', '.join(io)}")
     return lines
 
 
@@ -173,6 +195,8 @@ def main(argv=None) -> int:
         except ContractError as e:
             print(f"error: the runtime cannot build an execution plan from this bundle: {e}", file=sys.stderr)
             return 1
+        if bundle.manifest.get("quantization"):
+            print_quantization(bundle.manifest)
         print("execution plan (per chunk: encoder, the DiT chain for its latent-frame count F, decoder)")
         print("\n".join(plan.describe()))
         print("\n".join(memory_plan_lines(bundle.manifest)))

@@ -3,11 +3,14 @@
     python -m engines.make --res 1080p --gpu rtx5090 [--scale 4 | --input WxH] [--precision bf16]
                            [--checkpoint DIR] [--dit-parts N] [--dit-shapes dynamic|static]
                            [--out engines/1080p.plan]
+    python -m engines.make --res 360p --gpu rtx5090 --precision fp8 --calib clip.mp4   (or cpu + int8)
 
 The export lands in `exports/<resolution>-<precision>-<key>/`, where the key hashes every input of
 the export (weights' content hash, sizes, chunk protocol, precision, parts): an unchanged request
 reuses it, and the engine build cache does the same per engine, so a repeated `make engine` costs
-only the hashing. Without --checkpoint the tiny preset with seeded random weights is built, and
+only the hashing. --precision fp8|int8 exports in the profile's float precision, then quantizes
+with python -m calibration from the --calib clips into `exports/<...>-<fp8|int8>-<key>/` (the key
+adds the clips' sha256), reused the same way. Without --checkpoint the tiny preset with seeded random weights is built, and
 the command says so: such a bundle exercises every code path but restores nothing.
 """
 import argparse
@@ -18,7 +21,9 @@ import sys
 
 from swiftvr.sizes import parse_size, resolution_name
 
-from .profiles import get_profile
+from export.contract import QUANTIZATIONS
+
+from .profiles import check_quantization, get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = ROOT / "exports"
@@ -42,7 +47,9 @@ def main(argv=None) -> int:
     size_in.add_argument("--scale", type=float, help="input = output / scale (default 4)")
     size_in.add_argument("--input", metavar="WxH", help="input frame size instead of --scale")
     p.add_argument("--gpu", default="rtx5090", help="GPU profile (python -m engines --help lists them)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the GPU profile's")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "fp8", "int8"],
+                   help="default: the GPU profile's; fp8 (GPUs of SM 89/90/120) and int8 (cpu) need --calib")
+    p.add_argument("--calib", nargs="+", metavar="CLIP", help="calibration video(s) for --precision fp8|int8")
     p.add_argument("--checkpoint", help="release checkpoint folder (default: tiny preset, random weights)")
     p.add_argument("--preset", choices=["tiny", "5b"], default="tiny",
                    help="without --checkpoint: model shapes, with seeded random weights (default tiny)")
@@ -62,6 +69,15 @@ def main(argv=None) -> int:
     try:
         profile = get_profile(args.gpu)
         precision = args.precision or profile.default_precision
+        quantization = None
+        if precision in QUANTIZATIONS:      # refused before anything is exported
+            check_quantization(profile, precision)
+            if not args.calib:
+                raise ValueError(f"--precision {precision} needs calibration video: --calib CLIP [CLIP ...] "
+                                 f"(make engine ... CALIB=clip.mp4)")
+            quantization, precision = precision, profile.default_precision
+        elif args.calib:
+            raise ValueError("--calib is for --precision fp8 or int8")
         parse_size(args.res)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -102,6 +118,26 @@ def main(argv=None) -> int:
         print(report.summary())
     else:
         print(f"reusing export {export_dir} (same weights and settings)")
+
+    if quantization:
+        from calibration.calibrate import calibrate
+        from calibration.video import CalibrationError, sha256_file
+        try:
+            hashes = [sha256_file(c) for c in args.calib]
+        except OSError as e:
+            print(f"error: calibration video: {e}", file=sys.stderr)
+            return 2
+        calib_key = hashlib.sha256(json.dumps([key, quantization, hashes]).encode()).hexdigest()[:12]
+        quantized_dir = export_dir.with_name(f"{export_dir.name}-{quantization}-{calib_key}")
+        if args.force or not (quantized_dir / "export.json").exists():
+            try:
+                calibrate(export_dir, args.calib, quantization, quantized_dir, overwrite=True)
+            except CalibrationError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        else:
+            print(f"reusing quantized export {quantized_dir} (same export and calibration clips)")
+        export_dir = quantized_dir
 
     from .__main__ import main as engines_main
     engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]

@@ -13,8 +13,11 @@ The manifest written into the bundle holds everything a runtime needs besides th
            (these from export/contract.py, which reads them back), files, graph_sha256,
            network (layers, layer types, attention counts), build (seconds, peak RSS)}],
            inputs with dynamic dims carry their "min"/"opt"/"max" shapes,
-  members {name: {size, sha256}} (added by write_bundle).
+  members {name: {size, sha256}} (added by write_bundle),
+  quantization (quantized exports only): {precision, groups, layers, layers_per_graph, decisions,
+           videos, quality} from export.json's `quantization` and its calibration record.
 """
+import json
 import sys
 from collections import Counter
 from datetime import datetime, timezone
@@ -29,7 +32,7 @@ from engines.export_folder import (ExportFolder, count_attention_nodes, graph_fi
                                    load_graph_proto, read_export, sha256_file, weight_bytes)
 from engines.flavours import MODULES
 from engines.memory import engine_memory, fit_problem, graph_memory, plan_total
-from engines.profiles import GpuProfile, check_precision, get_profile
+from engines.profiles import GpuProfile, check_precision, check_quantization, get_profile
 from export.contract import contract_from_manifest, engine_entry
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
@@ -53,6 +56,22 @@ def check_export_precision(export: ExportFolder, precision: str | None, profile:
             if t["dtype"].startswith(("float", "bfloat")) and t["dtype"] != want:
                 raise ValueError(f"{spec.name}: {t['name']} is {t['dtype']} in an export declared {precision}")
     return precision
+
+
+def quantization_record(export: ExportFolder, profile: GpuProfile) -> dict | None:
+    """What the bundle keeps of a quantized export's calibration (None: not quantized)."""
+    q = export.meta.get("quantization")
+    if not q:
+        return None
+    check_quantization(profile, q["precision"])
+    record = json.loads((export.path / q["record"]).read_text())
+    return {"precision": q["precision"], "groups": q["groups"], "layers": q["layers"],
+            "layers_per_graph": {f: len(v) for f, v in record["layers"].items()},
+            "decisions": [{k: d[k] for k in ("group", "quantized", "reason")} | {"psnr_db_alone":
+                          (d["alone_on_calibration"] or {}).get("psnr_db")} for d in record["groups"]],
+            "kept_high_precision": record["kept_high_precision"], "method": record["method"],
+            "videos": [{k: v[k] for k in ("path", "sha256", "role", "frames_used")} for v in record["videos"]],
+            "quality": record["quality"]}
 
 
 class BundleTooLarge(ValueError):
@@ -93,6 +112,7 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
     profile = get_profile(gpu)
     export = read_export(export_dir)
     precision = check_export_precision(export, precision, profile)
+    quantization = quantization_record(export, profile)
     out = Path(out) if out else default_out(export)
 
     engines, members, results = [], [], []
@@ -141,9 +161,12 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "engines": engines,
         "memory_plan": memory_plan,
     }
+    if quantization:
+        manifest["quantization"] = quantization
     contract_from_manifest(manifest, str(out))   # the runtime can build its plan from what is written
     manifest = write_bundle(out, manifest, members)
     size = out.stat().st_size
-    print(f"wrote {out} ({size / 2**20:.1f} MiB): {profile.name}, {precision}, "
+    print(f"wrote {out} ({size / 2**20:.1f} MiB): {profile.name}, {precision}"
+          f"{' + ' + quantization['precision'] + ' Q/DQ' if quantization else ''}, "
           f"{', '.join(m[0] for m in members)}", file=sys.stderr)
     return out, manifest, results

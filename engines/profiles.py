@@ -68,6 +68,35 @@ _ROWS = [
 ]
 
 PROFILES: dict[str, GpuProfile] = {p.name: p for p in _ROWS}
+
+# Quantized exports (python -m calibration) each target runs, by compute capability. FP8 tensor
+# cores: Ada (SM89) and Blackwell (SM120/121) through TensorRT-RTX, Hopper (SM90) through full
+# TensorRT. TensorRT-RTX 1.7 refuses FP8 for SM80/86 ("HW-specific datatypes: fp8_e4m3"). INT8 is
+# offered for `cpu` only: ONNX Runtime fuses INT8 Q/DQ MatMul/Conv into integer kernels there.
+FP8_CAPABILITIES = ("8.9", "9.0", "12.0", "12.1")
+
+
+def quantizations(profile: GpuProfile) -> tuple[str, ...]:
+    if profile.flavour == "onnx":
+        return ("int8",)
+    return ("fp8",) if set(profile.compute_capabilities) <= set(FP8_CAPABILITIES) else ()
+
+
+def check_quantization(profile: GpuProfile, quantization: str) -> None:
+    """Raise if `profile` cannot run graphs quantized to `quantization` (int8 | fp8)."""
+    offered = quantizations(profile)
+    if quantization in offered:
+        return
+    if quantization == "fp8":
+        why = (f"FP8 needs SM {', '.join(FP8_CAPABILITIES)} (Ada, Hopper, Blackwell); {profile.name} is SM "
+               f"{', '.join(profile.compute_capabilities) or '-'}" + (" (TensorRT-RTX: \"HW-specific datatypes: "
+               "fp8_e4m3\")" if profile.flavour == "tensorrt-rtx" else "")
+               if profile.flavour != "onnx" else "ONNX Runtime's CPU kernels have no FP8 (it would dequantize "
+               "and run float32, slower than unquantized)")
+    else:
+        why = "INT8 bundles are built for the cpu profile (ONNX Runtime) only"
+    raise ValueError(f"{quantization} is not available on {profile.name}: {why}. "
+                     f"{profile.name} takes {', '.join(offered) or 'no quantized precision'}.")
 assert all(p.flavour in FLAVOURS for p in _ROWS)
 assert all((p.memory_gb is None) == (p.memory_budget_gb is None) for p in _ROWS)
 

@@ -18,6 +18,10 @@ from pathlib import Path
 
 FORMAT, VERSION = "swiftvr-export", 1
 READABLE_VERSIONS = (1,)
+# export.json `quantization` (written by python -m calibration; absent: an unquantized export):
+# {"precision": "int8" | "fp8", "record": "calibration.json", "groups": [...], "layers": N, "quality": {...}}.
+# The graphs keep their I/O (float tensors in the export `precision`); Q/DQ pairs sit inside them.
+QUANTIZATIONS = ("int8", "fp8")
 LATENTS, RESTORED, FRAMES = "latents", "restored", "frames"
 STATE_IN, STATE_OUT = "state_in.", "state_out."
 
@@ -368,7 +372,17 @@ def read_export_json(folder) -> tuple[dict, Contract]:
     if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
         raise ContractError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
                             f"this code reads {FORMAT!r} versions {list(READABLE_VERSIONS)}")
+    check_quantization(meta, str(path))
     return meta, contract_from_json(meta, str(path))
+
+
+def check_quantization(meta: dict, where: str) -> None:
+    q = meta.get("quantization")
+    if q is None:
+        return
+    if not isinstance(q, dict) or q.get("precision") not in QUANTIZATIONS or not isinstance(q.get("record"), str):
+        raise ContractError(f"{where}: 'quantization' must say its precision ({' or '.join(QUANTIZATIONS)}) and "
+                            f"its calibration record file; got {json.dumps(q)[:120]}")
 
 
 # ---- the bundle manifest -----------------------------------------------------------------------

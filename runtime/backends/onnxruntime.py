@@ -166,4 +166,11 @@ def session_options(ort, threads: int | None):
     # slower with spinning; no slower without it on an idle machine).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3          # errors only: no warnings about unused initializers
+    options.add_session_config_entry("optimization.disable_specified_optimizers", QDQ_BROKEN_OPTIMIZERS)
     return options
+
+
+# ORT 1.31 moves a DequantizeLinear past Reshape/Slice onto a graph output and gives the new
+# QuantizeLinear a uint8 zero point with output_dtype int8: session creation fails for INT8 graphs
+# from python -m calibration (ReAE states are such outputs). No effect on graphs without Q/DQ.
+QDQ_BROKEN_OPTIMIZERS = "QDQPropagationTransformer"

@@ -1,0 +1,11 @@
+"""Post-training quantization (INT8, FP8) of an export folder from calibration video.
+
+    python -m calibration --export exports/tiny --video a.mp4 [b.mp4 ...] --precision int8 --out exports/tiny-int8
+
+The result is an export folder with the same graph contract (same inputs and outputs; Q/DQ pairs
+inside), export.json's `quantization` field, and calibration.json: the record of what was measured
+and decided (see calibration/calibrate.py).
+
+Import what you need from its module (calibration.calibrate.calibrate, calibration.quality, ...):
+this package file imports nothing, so engines.inspect can read quality reports without onnx.
+"""

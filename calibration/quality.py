@@ -1,0 +1,63 @@
+"""How close the quantized model's frames are to the unquantized model's: PSNR, SSIM, and the
+largest per-pixel level difference, over whole restored clips.
+
+With seeded random weights (the tiny preset, `make engine` without CKPT) these numbers measure
+fidelity to the unquantized model, not restoration quality: every report says so.
+"""
+import numpy as np
+
+FIDELITY_NOTE = ("fidelity of the quantized model to the unquantized one on held-out clips (not restoration "
+                 "quality; with random weights nothing is restored)")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def _box(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k windows (valid positions) of [..., H, W], by summed-area tables."""
+    s = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 0), (1, 0)]).cumsum(-2).cumsum(-1)
+    return (s[..., k:, k:] - s[..., :-k, k:] - s[..., k:, :-k] + s[..., :-k, :-k]) / (k * k)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
+    """Mean SSIM (Wang et al. 2004; uniform 7x7 window, K1 0.01, K2 0.03) per channel, frames
+    [T, H, W, C] uint8."""
+    x = np.moveaxis(a.astype(np.float64), -1, 1)
+    y = np.moveaxis(b.astype(np.float64), -1, 1)
+    k = min(window, x.shape[-1], x.shape[-2])
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _box(x, k), _box(y, k)
+    vx, vy, cxy = _box(x * x, k) - mx ** 2, _box(y * y, k) - my ** 2, _box(x * y, k) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def compare_frames(got: np.ndarray, want: np.ndarray) -> dict:
+    if got.shape != want.shape:
+        raise ValueError(f"frames {got.shape} vs {want.shape}")
+    value = psnr(got, want)
+    # PSNR None: identical frames (JSON has no infinity)
+    return {"psnr_db": round(value, 3) if np.isfinite(value) else None, "ssim": round(ssim(got, want), 5),
+            "max_level_diff": int(np.abs(got.astype(np.int16) - want.astype(np.int16)).max()),
+            "frames": int(len(got))}
+
+
+def combine(results: list[dict]) -> dict:
+    """Several clips: PSNR from the pooled squared error, SSIM frame-weighted, the worst difference."""
+    frames = sum(r["frames"] for r in results)
+    mse = sum(r["frames"] * 255.0 ** 2 / 10 ** (r["psnr_db"] / 10) for r in results if r["psnr_db"] is not None)
+    return {"psnr_db": round(float(10 * np.log10(255.0 ** 2 * frames / mse)), 3) if mse else None,
+            "ssim": round(sum(r["ssim"] * r["frames"] for r in results) / frames, 5),
+            "max_level_diff": max(r["max_level_diff"] for r in results), "frames": frames}
+
+
+def format_report(quality: dict) -> list[str]:
+    """Lines for inspect and the CLI: one per run (end to end, each stage alone)."""
+    lines = [f"quality   {quality['note']}"]
+    for name, r in quality["runs"].items():
+        value = "identical" if r["psnr_db"] is None else f"{r['psnr_db']:7.2f} dB"
+        lines.append(f"  {name:<13} PSNR {value:>10}  SSIM {r['ssim']:.4f}  max level diff "
+                     f"{r['max_level_diff']:>3}  ({r['frames']} frames)")
+    return lines

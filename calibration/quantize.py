@@ -1,0 +1,151 @@
+"""Q/DQ insertion and range collection: onnxruntime.quantization's quantize_static, QDQ format.
+
+Why ONNX Runtime's quantizer and not NVIDIA ModelOpt: it is already installed and pinned (ModelOpt's
+`[onnx]` extra pins other onnx/onnxruntime versions), it writes plain ONNX QuantizeLinear /
+DequantizeLinear pairs that TensorRT and ONNX Runtime both read, and it covers what we need:
+INT8 and FLOAT8E4M3FN, per-channel weights, a node list to quantize, and a calibration cache, so the
+ranges are measured once per graph and every layer-group trial reuses them.
+
+Settings: symmetric activations and weights (zero point 0: what TensorRT's Q/DQ layers take),
+per-channel weight scales, MinMax ranges for INT8; ONNX Runtime only offers the Distribution
+(histogram) method for float8.
+
+ONNX Runtime's quantizer works on float32 graphs. A bf16 export is widened to float32 for it
+(export.verify.widen_bf16) and narrowed back afterwards: every tensor that was bf16 in the export
+is bf16 again, and each scale takes the dtype of the tensor it quantizes.
+"""
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# INT8's largest level and FP8 E4M3's largest finite value: scale * QMAX is the clipping range.
+QMAX = {"int8": 127.0, "fp8": 448.0}
+
+
+def quant_type(precision: str):
+    from onnxruntime.quantization import QuantType
+    return {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
+
+
+def calibrate_method(precision: str):
+    from onnxruntime.quantization import CalibrationMethod
+    return CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
+
+
+class FeedReader:
+    """onnxruntime.quantization.CalibrationDataReader over recorded input feeds. quantize_static
+    reads it one call at a time (set_range, "CalibStridedMinMax" 1): its histogram collector (FP8)
+    cannot merge one batch of activations of different shapes (the encoder's T varies per chunk)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.i, self.end = feeds, 0, len(feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.feeds))
+
+    def get_next(self):
+        if self.i >= self.end:
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def __len__(self):
+        return len(self.feeds)
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+def working_model(path: Path, work: Path, precision: str) -> Path:
+    """The float32 graph ONNX Runtime's quantizer and sessions take: the file itself, or widened."""
+    if precision != "bf16":
+        return path
+    from export.verify import widen_bf16
+    out = work / path.name
+    if not out.exists():
+        model = widen_bf16(onnx.load(str(path)))
+        onnx.save(model, str(out), save_as_external_data=model.ByteSize() > 1 << 30,
+                  location=out.name + ".data")
+    return out
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str, nodes: list[str], cache: Path) -> None:
+    """Q/DQ around `nodes` of `src`, ranges from `feeds` (measured once, kept in `cache`)."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in onnx.load(str(src), load_external_data=False).graph.initializer)
+    logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call
+    with contextlib.redirect_stdout(io.StringIO()):  # and its histogram progress, printed to stdout
+        quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        per_channel=True, activation_type=quant_type(precision), weight_type=quant_type(precision),
+                        nodes_to_quantize=nodes, use_external_data_format=external,
+                        calibrate_method=calibrate_method(precision), calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibStridedMinMax": 1})
+
+
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Conv/MatMul nodes whose inputs come from DequantizeLinear: the layers that run quantized."""
+    from_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Conv", "MatMul", "Gemm") and n.input and n.input[0] in from_dq]
+
+
+def activation_ranges(model: onnx.ModelProto, precision: str) -> dict[str, float]:
+    """{activation tensor: largest magnitude it keeps} from the scales of its QuantizeLinear."""
+    inits = {t.name: t for t in model.graph.initializer}
+    ranges = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits:
+            scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            if scale.size == 1:
+                ranges[n.input[0]] = round(float(scale) * QMAX[precision], 6)
+    return ranges
+
+
+def narrow_to_bf16(quantized: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Undo widen_bf16 on a quantized graph: tensors, casts, constants and I/O that were bf16 in
+    `original` are bf16 again; a Q/DQ scale is bf16 where the tensor it quantizes was."""
+    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(original)
+    was_bf16 = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.input) +
+                list(inferred.graph.output) if v.type.tensor_type.elem_type == bf16}
+    was_bf16 |= {t.name for t in original.graph.initializer if t.data_type == bf16}
+    casts = {n.name for n in original.graph.node for a in n.attribute if a.name == "to" and a.i == bf16}
+    constants = {n.name for n in original.graph.node if n.op_type == "Constant"
+                 for a in n.attribute if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == bf16}
+
+    def narrow(t: onnx.TensorProto) -> onnx.TensorProto:
+        return _bf16_tensor(numpy_helper.to_array(t), t.name)
+
+    graph = quantized.graph
+    for i, t in enumerate(graph.initializer):
+        base = t.name.removesuffix("_scale")
+        if t.data_type == f32 and (t.name in was_bf16 or (t.name.endswith("_scale") and base in was_bf16)):
+            graph.initializer[i].CopyFrom(narrow(t))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and node.name in casts:
+                attr.i = bf16
+            if attr.type == onnx.AttributeProto.TENSOR and node.name in constants and attr.t.data_type == f32:
+                attr.t.CopyFrom(narrow(attr.t))
+    for value in list(graph.input) + list(graph.output):
+        if value.name in was_bf16:
+            value.type.tensor_type.elem_type = bf16
+    del graph.value_info[:]
+    return quantized
+
+
+def _bf16_tensor(array: np.ndarray, name: str) -> onnx.TensorProto:
+    """float32 -> bf16 with round-to-nearest-even (what torch's .to(bfloat16) does)."""
+    bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.BFLOAT16, dims=array.shape)
+    t.raw_data = rounded.tobytes()
+    return t

@@ -1,0 +1,176 @@
+"""calibration/: INT8/FP8 post-training quantization of an export from calibration video.
+
+End to end on the tiny preset (the `cpu_bundle` fixture's fp32 export, 17x16 -> 34x32, clip_len 8):
+calibrate INT8 from a real clip of another size, bundle it for `cpu`, inspect it, restore a clip
+with runtime.stream. Then the quality measures on arrays with known answers, the bad inputs, the
+GPU profiles that refuse FP8, and the bf16 round trip FP8 graphs take for TensorRT.
+"""
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from calibration.calibrate import calibrate
+from calibration.quality import compare_frames, psnr, ssim
+from calibration.video import CalibrationError
+from engines.profiles import check_quantization, get_profile
+from export.contract import read_export_json
+from test_runtime import CLIP_LEN, PY, REPO, SIZE, cpu_bundle, make_clip, moving_frames  # noqa: F401 (fixture)
+
+FRAMES = 2 * (2 * CLIP_LEN + 5)     # a calibration half and a held-out half, each FIRST + MIDDLE + LAST
+
+
+@pytest.fixture(scope="module")
+def export_dir(cpu_bundle):
+    return cpu_bundle.parent.parent / "export"
+
+
+@pytest.fixture(scope="module")
+def int8_export(export_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    clip = root / "calib.mkv"
+    make_clip(clip, moving_frames(FRAMES, 2 * SIZE[0] + 6, 2 * SIZE[1], seed=3), audio=False)   # another size
+    out = root / "int8"
+    # --min-psnr 30: the decision rule is what is tested, not how well random weights quantize.
+    record = calibrate(export_dir, [clip], "int8", out, min_psnr=30.0)
+    return out, record, clip
+
+
+def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, int8_export):
+    out, record, clip = int8_export
+    meta, contract = read_export_json(out)
+    source, source_contract = read_export_json(export_dir)
+    assert [g.to_json() for g in contract.graphs()] == [g.to_json() for g in source_contract.graphs()]
+    assert meta["quantization"]["precision"] == "int8" and meta["precision"] == "fp32"
+    assert json.loads((out / "calibration.json").read_text()) == record
+    videos = record["videos"]
+    assert {v["role"] for v in videos} == {"calibration", "held-out"}
+    assert all(v["sha256"] == videos[0]["sha256"] and "resized" in " ".join(v["notes"]) for v in videos)
+    assert sum(v["frames_used"] for v in videos) == FRAMES
+    assert all(set(kinds) >= {"f", "l"} for kinds in record["chunks"])           # FIRST ... LAST, state carried
+    for d in record["groups"]:                                                   # the rule the record states
+        psnr_alone = d["alone_on_calibration"]["psnr_db"]
+        assert d["quantized"] == (psnr_alone is None or psnr_alone >= 30.0), d
+    chosen = {d["group"] for d in record["groups"] if d["quantized"]}
+    assert chosen and meta["quantization"]["groups"] == sorted(chosen)
+    assert {"dit.patch_embedding", "dit.head"} <= set(record["kept_high_precision"])
+    for file, layers in record["layers"].items():
+        model = onnx.load(str(out / file), load_external_data=False)
+        assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+        assert layers and set(record["ranges"][file]) and all(r > 0 for r in record["ranges"][file].values())
+    runs = record["quality"]["runs"]
+    assert "not restoration quality" in record["quality"]["note"]
+    assert "end_to_end" in runs and any(k.endswith("_only") for k in runs)
+    for r in runs.values():
+        assert r["frames"] == FRAMES - FRAMES // 2 and 0 < r["ssim"] <= 1 and r["max_level_diff"] >= 0
+    assert not list(out.parent.glob(".int8.tmp-*"))
+
+
+def test_int8_cpu_bundle_inspects_and_restores_a_clip(int8_export, tmp_path, capsys):
+    from engines.inspect import main as inspect_main
+    from engines.make_bundle import make_bundle
+    out, record, _ = int8_export
+    bundle, manifest, _ = make_bundle(out, "cpu", out=tmp_path / "int8.plan")
+    assert manifest["quantization"]["quality"] == record["quality"]
+    assert inspect_main([str(bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "fp32 + int8 Q/DQ" in text and "quantized int8" in text and "end_to_end" in text
+    assert "not restoration quality" in text
+    source, target = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    make_clip(source, moving_frames(12, *SIZE, seed=5), audio=False)
+    done = subprocess.run([PY, "-m", "runtime.stream", "--engine", str(bundle), str(source), "-o", str(target),
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import av
+    with av.open(str(target)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 12
+
+
+def test_quality_measures_on_known_differences():
+    a = np.full((2, 16, 16, 3), 100, np.uint8)
+    b = a + 1                                                     # every value one level off
+    assert psnr(a, b) == pytest.approx(20 * np.log10(255), abs=1e-9)   # MSE 1
+    r = compare_frames(b, a)
+    assert r["max_level_diff"] == 1 and r["frames"] == 2
+    assert compare_frames(a, a)["psnr_db"] is None and ssim(a, a) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(noisy, a) < 0.5                                   # flat image + noise: structure lost
+
+
+def test_bad_inputs_are_refused_and_nothing_is_written(export_dir, tmp_path):
+    out = tmp_path / "q"
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    with pytest.raises(CalibrationError, match="unreadable|no video"):
+        calibrate(export_dir, [junk], "int8", out)
+    short = tmp_path / "short.mkv"
+    make_clip(short, moving_frames(2 * CLIP_LEN + 4, *SIZE), audio=False)
+    with pytest.raises(CalibrationError, match="too short"):
+        calibrate(export_dir, [short], "int8", out)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibrate(export_dir, [tmp_path / "missing.mp4"], "int8", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.mp4", "short.mkv"]
+
+
+def test_a_failure_midway_leaves_no_folder(export_dir, tmp_path, monkeypatch):
+    import calibration.calibrate as cal
+    clip = tmp_path / "c.mkv"
+    make_clip(clip, moving_frames(FRAMES, *SIZE), audio=False)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(cal, "quantize_graph", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        calibrate(export_dir, [clip], "int8", tmp_path / "q")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mkv"]
+
+
+def test_profiles_take_fp8_only_where_the_hardware_has_it():
+    for gpu in ("rtx5090", "rtx4090", "h100", "gb10"):
+        check_quantization(get_profile(gpu), "fp8")
+    check_quantization(get_profile("cpu"), "int8")
+    with pytest.raises(ValueError, match="fp8_e4m3"):
+        check_quantization(get_profile("rtx3090"), "fp8")
+    with pytest.raises(ValueError, match="SM 8.0"):
+        check_quantization(get_profile("a100"), "fp8")
+    with pytest.raises(ValueError, match="cpu profile"):
+        check_quantization(get_profile("rtx5090"), "int8")
+
+
+def test_make_engine_refuses_fp8_for_ampere_before_exporting(tmp_path):
+    done = subprocess.run([PY, "-m", "engines.make", "--gpu", "a100", "--precision", "fp8", "--calib", "x.mp4",
+                           "--exports", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "fp8 is not available on a100" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_fp8_of_a_bf16_graph_goes_back_to_bf16(tmp_path):
+    """A bf16 graph is widened for ONNX Runtime's quantizer and narrowed back: TensorRT then sees
+    bf16 I/O and weights with FP8 Q/DQ, as a bf16 export's engines need."""
+    from calibration.quantize import narrow_to_bf16, quantize_graph, working_model
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.BFLOAT16, dims=w.shape,
+                              raw_data=(w.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=11)  # ORT 1.31 reads <= 13
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    (tmp_path / "work").mkdir()
+    widened = working_model(src, tmp_path / "work", "bf16")
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(3)]
+    quantize_graph(widened, tmp_path / "q.onnx", feeds, "fp8", ["mm"], tmp_path / "ranges.json")
+    narrowed = narrow_to_bf16(onnx.load(str(tmp_path / "q.onnx")), model)
+    onnx.checker.check_model(narrowed, full_check=True)
+    g = narrowed.graph
+    assert g.input[0].type.tensor_type.elem_type == g.output[0].type.tensor_type.elem_type == TensorProto.BFLOAT16
+    inits = {t.name: t.data_type for t in g.initializer}
+    scales = [n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and all(inits[s] == TensorProto.BFLOAT16 for s in scales)
+    assert TensorProto.FLOAT8E4M3FN in inits.values()
