@@ -3,11 +3,12 @@
 A clip of another size is resized (PyAV's swscale, bicubic) and the record says so: calibration
 wants the activations the graphs will see, and the runtime resizes such a clip the same way.
 """
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from engines.bundle import sha256_file  # noqa: F401  (re-exported: calibrate and engines.make use it)
 
 
 class CalibrationError(ValueError):
@@ -25,14 +26,6 @@ class Clip:
     def record(self, role: str, used: int) -> dict:
         return {"path": self.path, "sha256": self.sha256, "role": role, "frames_decoded": len(self.frames),
                 "frames_used": used, "source_size": list(self.source_size), "notes": self.notes}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_clip(path, size: tuple[int, int], max_frames: int | None = None) -> Clip:
