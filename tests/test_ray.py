@@ -190,7 +190,10 @@ def test_stream_cli_through_the_service_from_another_process(service, cpu_bundle
     source, local, served = tmp_path / "in.mkv", tmp_path / "local.mkv", tmp_path / "served.mkv"
     make_clip(source, moving_frames(14, *SIZE, seed=7))
     env = {**os.environ, "SWIFTVR_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([PY, "-m", "runtime.stream", "--serve", "auto", str(source), "-o", str(served)],
+    # The test cluster's own address: "auto" means "the newest cluster on this machine", which another
+    # cluster started meanwhile (a batch CLI run, a parallel test worker) can replace.
+    address = ray.get_runtime_context().gcs_address
+    done = subprocess.run([PY, "-m", "runtime.stream", "--serve", address, str(source), "-o", str(served)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "served by Ray replica" in done.stderr
