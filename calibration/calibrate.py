@@ -28,7 +28,7 @@ from export.contract import (ContractError, check_quantization, contract_from_js
 
 from .layers import CANDIDATES, STAGE_OF, node_groups
 from .quality import FIDELITY_NOTE, combine, compare_frames
-from .quantize import (activation_ranges, calibrate_method, narrow_to_bf16, quantize_graph, quantized_nodes,
+from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
 from .stream import StreamGraphs, record_feeds, restore
 from .video import CalibrationError, check_length, read_clip, sha256_file
@@ -213,7 +213,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         if f in final:
             model = onnx.load(str(final[f]), load_external_data=False)
             layers[f] = quantized_nodes(model)
-            ranges[f] = activation_ranges(model, precision)
+            ranges[f] = activation_ranges(model)
             if meta["precision"] == "bf16":
                 full = narrow_to_bf16(onnx.load(str(final[f])), onnx.load(str(export_dir / f)))
                 onnx.save(full, str(tmp / f), save_as_external_data=full.ByteSize() > 1 << 30,
@@ -234,8 +234,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         "source_export": {"path": str(export_dir), "precision": meta["precision"],
                           "export_json_sha256": sha256_file(export_dir / "export.json")},
         "method": {"library": f"onnxruntime.quantization {onnxruntime.__version__}", "format": "QDQ",
-                   "calibrate_method": calibrate_method(precision).name, "per_channel_weights": True,
-                   "symmetric": True, "min_psnr_db": min_psnr, "sensitivity_frames": trial_frames,
+                   **scheme_record(precision), "min_psnr_db": min_psnr, "sensitivity_frames": trial_frames,
                    "data": "real frames through the chunk protocol (run_chunk), ReAE state carried"},
         "videos": [c.record("calibration", len(c.frames)) for c in calib] +
                   [c.record("held-out", len(c.frames)) for c in held],

@@ -6,9 +6,14 @@ DequantizeLinear pairs that TensorRT and ONNX Runtime both read, and it covers w
 INT8 and FLOAT8E4M3FN, per-channel weights, a node list to quantize, and a calibration cache, so the
 ranges are measured once per graph and every layer-group trial reuses them.
 
-Settings: symmetric activations and weights (zero point 0: what TensorRT's Q/DQ layers take),
-per-channel weight scales, MinMax ranges for INT8; ONNX Runtime only offers the Distribution
-(histogram) method for float8.
+Settings, per precision (SCHEMES): weights are symmetric INT8/FP8 with one scale per output channel.
+FP8 activations are symmetric (zero point 0: what TensorRT's Q/DQ layers take) with histogram
+ranges (ONNX Runtime offers only its Distribution method for float8). INT8 is the `cpu` profile's
+(ONNX Runtime) precision, so its activations are what ONNX Runtime's CPU kernels run fastest and
+keep most accurately: unsigned 8-bit with a zero point (U8S8), MinMax ranges. Measured on this
+project's ReAE decoder (docs/benchmarks.md): symmetric S8S8 1.4x faster than fp32 at 33.4 dB,
+U8S8 1.8x at 39.1 dB: most activations follow a ReLU, so a symmetric int8 range spends half its
+levels on values that never occur, and on AVX2 CPUs without VNNI MLAS's fast integer path is U8S8.
 
 ONNX Runtime's quantizer works on float32 graphs. A bf16 export is widened to float32 for it
 (export.verify.widen_bf16) and narrowed back afterwards: every tensor that was bf16 in the export
@@ -17,24 +22,31 @@ is bf16 again, and each scale takes the dtype of the tensor it quantizes.
 import contextlib
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-# INT8's largest level and FP8 E4M3's largest finite value: scale * QMAX is the clipping range.
-QMAX = {"int8": 127.0, "fp8": 448.0}
+
+@dataclass(frozen=True)
+class Scheme:
+    activation: str          # onnxruntime.quantization.QuantType member names
+    weight: str
+    symmetric_activations: bool
+    method: str              # onnxruntime.quantization.CalibrationMethod member name
 
 
-def quant_type(precision: str):
-    from onnxruntime.quantization import QuantType
-    return {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
+SCHEMES = {"int8": Scheme("QUInt8", "QInt8", False, "MinMax"),
+           "fp8": Scheme("QFLOAT8E4M3FN", "QFLOAT8E4M3FN", True, "Distribution")}
 
 
-def calibrate_method(precision: str):
-    from onnxruntime.quantization import CalibrationMethod
-    return CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
+def scheme_record(precision: str) -> dict:
+    """How the graphs were quantized, for the calibration record."""
+    s = SCHEMES[precision]
+    return {"activations": s.activation, "weights": s.weight, "calibrate_method": s.method,
+            "symmetric_activations": s.symmetric_activations, "symmetric_weights": True, "per_channel_weights": True}
 
 
 class FeedReader:
@@ -76,17 +88,18 @@ def working_model(path: Path, work: Path, precision: str) -> Path:
 
 def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str, nodes: list[str], cache: Path) -> None:
     """Q/DQ around `nodes` of `src`, ranges from `feeds` (measured once, kept in `cache`)."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    scheme = SCHEMES[precision]
     external = any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(str(src), load_external_data=False).graph.initializer)
     logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call
     with contextlib.redirect_stdout(io.StringIO()):  # and its histogram progress, printed to stdout
         quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                        per_channel=True, activation_type=quant_type(precision), weight_type=quant_type(precision),
-                        nodes_to_quantize=nodes, use_external_data_format=external,
-                        calibrate_method=calibrate_method(precision), calibration_cache_path=str(cache),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                        per_channel=True, activation_type=QuantType[scheme.activation],
+                        weight_type=QuantType[scheme.weight], nodes_to_quantize=nodes, use_external_data_format=external,
+                        calibrate_method=CalibrationMethod[scheme.method], calibration_cache_path=str(cache),
+                        extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                                        "CalibStridedMinMax": 1})
 
 
@@ -97,15 +110,24 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
             if n.op_type in ("Conv", "MatMul", "Gemm") and n.input and n.input[0] in from_dq]
 
 
-def activation_ranges(model: onnx.ModelProto, precision: str) -> dict[str, float]:
-    """{activation tensor: largest magnitude it keeps} from the scales of its QuantizeLinear."""
+def activation_ranges(model: onnx.ModelProto) -> dict[str, list[float]]:
+    """{activation tensor: [lowest, highest] value it keeps} from the scale and zero point of its
+    QuantizeLinear (the levels of the zero point's type, e.g. 0..255 for uint8)."""
     inits = {t.name: t for t in model.graph.initializer}
     ranges = {}
     for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and n.input[1] in inits:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits:
             scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-            if scale.size == 1:
-                ranges[n.input[0]] = round(float(scale) * QMAX[precision], 6)
+            zero_point = numpy_helper.to_array(inits[n.input[2]])
+            if scale.size != 1:
+                continue
+            if zero_point.dtype.kind in "iu":
+                info = np.iinfo(zero_point.dtype)
+                lo, hi = info.min, info.max
+            else:                                   # float8 E4M3: +-448, zero point 0
+                lo, hi = -448.0, 448.0
+            zp = float(zero_point.astype(np.float64))
+            ranges[n.input[0]] = [round(float(scale) * (lo - zp), 6), round(float(scale) * (hi - zp), 6)]
     return ranges
 
 

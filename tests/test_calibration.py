@@ -60,7 +60,15 @@ def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, 
     for file, layers in record["layers"].items():
         model = onnx.load(str(out / file), load_external_data=False)
         assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
-        assert layers and set(record["ranges"][file]) and all(r > 0 for r in record["ranges"][file].values())
+        assert layers and set(record["ranges"][file])
+        assert all(lo <= 0 <= hi and lo < hi for lo, hi in record["ranges"][file].values())
+        # the cpu profile's scheme: activations uint8 with a zero point (ONNX Runtime's fast U8S8 path),
+        # weights int8 (zero point 0)
+        inits = {t.name: t for t in model.graph.initializer}
+        zero_points = {inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        weights = {inits[n.input[0]].data_type for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        assert zero_points == {onnx.TensorProto.UINT8} and onnx.TensorProto.INT8 in weights
     runs = record["quality"]["runs"]
     assert "not restoration quality" in record["quality"]["note"]
     assert "end_to_end" in runs and any(k.endswith("_only") for k in runs)
