@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "fp8", "int8"],
                    help="default: the GPU profile's; fp8 (GPUs of SM 89/90/120) and int8 (cpu) need --calib")
     p.add_argument("--calib", nargs="+", metavar="CLIP", help="calibration video(s) for --precision fp8|int8")
+    p.add_argument("--min-psnr", type=float, default=40.0, help="--precision fp8|int8: quantize a layer group if, "
+                   "alone, it keeps this PSNR in dB (default %(default)s; lower trades quality for speed)")
+    p.add_argument("--groups", nargs="+", metavar="GROUP", help="--precision fp8|int8: quantize these layer groups "
+                   "regardless of --min-psnr (python -m calibration --help lists them)")
     p.add_argument("--checkpoint", help="release checkpoint folder (default: tiny preset, random weights)")
     p.add_argument("--preset", choices=["tiny", "5b"], default="tiny",
                    help="without --checkpoint: model shapes, with seeded random weights (default tiny)")
@@ -75,9 +79,13 @@ def main(argv=None) -> int:
             if not args.calib:
                 raise ValueError(f"--precision {precision} needs calibration video: --calib CLIP [CLIP ...] "
                                  f"(make engine ... CALIB=clip.mp4)")
+            from calibration.layers import CANDIDATES
+            unknown = sorted(set(args.groups or []) - set(CANDIDATES))
+            if unknown:
+                raise ValueError(f"unknown layer groups {unknown}; the groups are {', '.join(CANDIDATES)}")
             quantization, precision = precision, profile.default_precision
-        elif args.calib:
-            raise ValueError("--calib is for --precision fp8 or int8")
+        elif args.calib or args.groups or args.min_psnr != 40.0:
+            raise ValueError("--calib, --min-psnr and --groups are for --precision fp8 or int8")
         parse_size(args.res)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -121,17 +129,21 @@ def main(argv=None) -> int:
 
     if quantization:
         from calibration.calibrate import calibrate
+        from calibration.quantize import scheme_record
         from calibration.video import CalibrationError, sha256_file
         try:
             hashes = [sha256_file(c) for c in args.calib]
         except OSError as e:
             print(f"error: calibration video: {e}", file=sys.stderr)
             return 2
-        calib_key = hashlib.sha256(json.dumps([key, quantization, hashes]).encode()).hexdigest()[:12]
+        # Everything that decides the quantized graphs: a changed scheme or rule is a new folder.
+        choice = {"scheme": scheme_record(quantization), "min_psnr": args.min_psnr, "groups": sorted(args.groups or [])}
+        calib_key = hashlib.sha256(json.dumps([key, quantization, hashes, choice], sort_keys=True).encode()).hexdigest()[:12]
         quantized_dir = export_dir.with_name(f"{export_dir.name}-{quantization}-{calib_key}")
         if args.force or not (quantized_dir / "export.json").exists():
             try:
-                calibrate(export_dir, args.calib, quantization, quantized_dir, overwrite=True)
+                calibrate(export_dir, args.calib, quantization, quantized_dir, overwrite=True,
+                          min_psnr=args.min_psnr, groups=args.groups)
             except CalibrationError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2

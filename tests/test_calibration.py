@@ -156,6 +156,18 @@ def test_make_engine_refuses_fp8_for_ampere_before_exporting(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int8", "--calib", "x.mp4", "--groups", "decoder.convs"], "unknown layer groups ['decoder.convs']"),
+    (["--min-psnr", "35"], "are for --precision fp8 or int8"),
+    (["--groups", "dit.ffn"], "are for --precision fp8 or int8"),
+])
+def test_make_engine_refuses_bad_calibration_choices_before_exporting(tmp_path, args, message):
+    done = subprocess.run([PY, "-m", "engines.make", "--gpu", "cpu", "--exports", str(tmp_path)] + args,
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_fp8_of_a_bf16_graph_goes_back_to_bf16(tmp_path):
     """A bf16 graph is widened for ONNX Runtime's quantizer and narrowed back: TensorRT then sees
     bf16 I/O and weights with FP8 Q/DQ, as a bf16 export's engines need."""
