@@ -5,7 +5,9 @@
   2. Per graph, measure activation ranges once (onnxruntime.quantization, cached).
   3. Per candidate layer group (calibration/layers.py), quantize that group alone and measure the
      restored frames of the first calibration clip (its first FIRST+MIDDLE+LAST chunks) against the
-     unquantized graphs' (PSNR); keep the groups that stay at or above `min_psnr` dB. The decision and the number go into the record.
+     unquantized graphs' (PSNR); the groups that stay at or above `min_psnr` dB are then added one
+     by one (best first), each kept only if the set still stays at or above `min_psnr`. The
+     decisions and the numbers go into the record.
   4. Quantize every graph with the kept groups; report PSNR/SSIM/largest level difference on the
      held-out clips, end to end and with one stage quantized at a time.
   5. Write the folder: graphs, export.json (the export's, plus a `quantization` field, through
@@ -191,6 +193,28 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                           "alone_on_calibration": result, "quantized": keep, "reason": why})
         log(f"  {g:<15} alone: PSNR {result['psnr_db']} dB, SSIM {result['ssim']}  -> "
             f"{'quantize' if keep else 'keep high precision'} ({time.perf_counter() - t:.1f} s)")
+    # Groups that pass alone can still add up to less than min_psnr together: add them in order of
+    # their PSNR alone, each kept only if the set so far still holds min_psnr on the same frames.
+    if not forced_groups:
+        passing = sorted((d for d in decisions if d["quantized"]), key=lambda d: -(d["alone_on_calibration"]["psnr_db"]
+                                                                                   or float("inf")))
+        chosen_so_far = set()
+        for d in passing:
+            if not chosen_so_far:
+                together = d["alone_on_calibration"]
+            else:
+                t = time.perf_counter()
+                together = stream_psnr(quantize_set(chosen_so_far | {d["group"]}, work / f"with-{d['group']}"),
+                                       trial, trial_ref)
+                log(f"  + {d['group']:<13} with {', '.join(sorted(chosen_so_far))}: PSNR {together['psnr_db']} dB "
+                    f"({time.perf_counter() - t:.1f} s)")
+            d["with_groups_before"] = together
+            if together["psnr_db"] is None or together["psnr_db"] >= min_psnr:
+                chosen_so_far.add(d["group"])
+            else:
+                d["quantized"] = False
+                d["reason"] = (f"PSNR alone >= {min_psnr} dB, but with {', '.join(sorted(chosen_so_far))} "
+                               f"{together['psnr_db']} dB < {min_psnr} dB")
     chosen = {d["group"] for d in decisions if d["quantized"]}
     if not chosen:
         alone = ", ".join(f"{d['group']} {d['alone_on_calibration']['psnr_db']} dB" for d in decisions

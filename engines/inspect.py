@@ -100,6 +100,8 @@ def print_quantization(m: dict) -> None:
           f"calibration frames)")
     for d in q["decisions"]:
         alone = f"alone: PSNR {d['psnr_db_alone']} dB  " if d["psnr_db_alone"] is not None else ""
+        if d.get("psnr_db_with_before") is not None and d["psnr_db_with_before"] != d["psnr_db_alone"]:
+            alone += f"with the groups before: {d['psnr_db_with_before']} dB  "
         print(f"  {d['group']:<15} {'quantized' if d['quantized'] else 'high precision':<15} {alone}({d['reason']})")
     print(f"  kept high precision by rule: {', '.join(q['kept_high_precision']) or '-'}")
     for e in m["engines"]:

@@ -67,8 +67,10 @@ def quantization_record(export: ExportFolder, profile: GpuProfile) -> dict | Non
     record = json.loads((export.path / q["record"]).read_text())
     return {"precision": q["precision"], "groups": q["groups"], "layers": q["layers"],
             "layers_per_graph": {f: len(v) for f, v in record["layers"].items()},
-            "decisions": [{k: d[k] for k in ("group", "quantized", "reason")} | {"psnr_db_alone":
-                          (d["alone_on_calibration"] or {}).get("psnr_db")} for d in record["groups"]],
+            "decisions": [{k: d[k] for k in ("group", "quantized", "reason")} |
+                          {"psnr_db_alone": (d["alone_on_calibration"] or {}).get("psnr_db"),
+                           "psnr_db_with_before": (d.get("with_groups_before") or {}).get("psnr_db")}
+                          for d in record["groups"]],
             "kept_high_precision": record["kept_high_precision"], "method": record["method"],
             "videos": [{k: v[k] for k in ("path", "sha256", "role", "frames_used")} for v in record["videos"]],
             "quality": record["quality"]}
