@@ -40,6 +40,11 @@ class Scheme:
 
 SCHEMES = {"int8": Scheme("QUInt8", "QInt8", False, "MinMax"),
            "fp8": Scheme("QFLOAT8E4M3FN", "QFLOAT8E4M3FN", True, "Distribution")}
+# The other INT8 schemes python -m calibration.schemes compares on a CPU (symmetric S8S8 is what a
+# TensorRT INT8 graph would take; Percentile/Entropy are ORT's histogram range methods).
+INT8_SCHEMES = {"u8s8-minmax": SCHEMES["int8"], "s8s8-minmax": Scheme("QInt8", "QInt8", True, "MinMax"),
+                "u8s8-percentile": Scheme("QUInt8", "QInt8", False, "Percentile"),
+                "u8s8-entropy": Scheme("QUInt8", "QInt8", False, "Entropy")}
 
 
 def scheme_record(precision: str) -> dict:
@@ -86,10 +91,12 @@ def working_model(path: Path, work: Path, precision: str) -> Path:
     return out
 
 
-def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str, nodes: list[str], cache: Path) -> None:
-    """Q/DQ around `nodes` of `src`, ranges from `feeds` (measured once, kept in `cache`)."""
+def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str | Scheme, nodes: list[str],
+                   cache: Path) -> None:
+    """Q/DQ around `nodes` of `src`, ranges from `feeds` (measured once, kept in `cache`: one cache
+    per graph and scheme). `precision`: int8 | fp8 (its SCHEMES entry), or a Scheme."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    scheme = SCHEMES[precision]
+    scheme = SCHEMES[precision] if isinstance(precision, str) else precision
     external = any(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(str(src), load_external_data=False).graph.initializer)
     logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call

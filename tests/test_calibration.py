@@ -198,3 +198,18 @@ def test_fp8_of_a_bf16_graph_goes_back_to_bf16(tmp_path):
     scales = [n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert scales and all(inits[s] == TensorProto.BFLOAT16 for s in scales)
     assert TensorProto.FLOAT8E4M3FN in inits.values()
+
+
+def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
+    """python -m calibration.schemes: the bookkeeping (which layers, the float32 row, closeness
+    against the float graph) and its refusals; the speed numbers are docs/benchmarks.md's."""
+    from calibration.schemes import compare, main
+    _, _, clip = int8_export
+    rows = compare(export_dir, [clip], [clip], "decoder.onnx", ["u8s8-minmax", "s8s8-minmax"], FRAMES // 2, 1)
+    assert [r["scheme"] for r in rows] == ["float32", "u8s8-minmax", "s8s8-minmax"]
+    assert rows[0]["speedup"] == 1.0 and all(r["s_per_call"] > 0 for r in rows)
+    assert all(r["layers"] > 0 and r["closeness_db"] is not None and 10 < r["closeness_db"] < 100 for r in rows[1:])
+    assert main(["--export", str(export_dir), "--video", str(clip), "--holdout", str(clip),
+                 "--graph", "nope.onnx"]) == 2
+    assert main(["--export", str(export_dir), "--video", str(clip), "--holdout", str(clip),
+                 "--schemes", "u4s4"]) == 2
