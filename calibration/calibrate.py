@@ -28,7 +28,7 @@ import onnx
 from export.contract import (ContractError, check_quantization, contract_from_json, read_export_json,
                              write_export_json)
 
-from .layers import CANDIDATES, STAGE_OF, node_groups
+from .layers import CANDIDATES, STAGE_OF, glue_nodes, node_groups
 from .quality import FIDELITY_NOTE, combine, compare_frames
 from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
@@ -154,6 +154,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         raise CalibrationError(f"the calibration clips never call {silent}: give longer clips")
     models = {f: onnx.load(str(p), load_external_data=False) for f, p in float_files.items()}
     groups = {f: node_groups(models[f], entries[f].role) for f in entries}
+    glue = {f: glue_nodes(models[f], entries[f].role) for f in entries}
 
     def quantize_set(chosen: set, folder: Path) -> dict:
         """Quantize every graph holding nodes of the `chosen` groups; {file: path} of those."""
@@ -161,6 +162,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         files = {}
         for f in entries:
             nodes = [n for g in chosen for n in groups[f].get(g, [])]
+            if any(g in groups[f] for g in chosen if g.endswith(".conv")):
+                nodes += glue[f]
             if nodes:
                 quantize_graph(float_files[f], folder / f, feeds[f], precision, nodes, work / f"{f}.ranges.json")
                 files[f] = folder / f

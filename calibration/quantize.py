@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .layers import GLUE_OPS, OP_TYPES
+
 
 @dataclass(frozen=True)
 class Scheme:
@@ -102,7 +104,7 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str | Sch
     logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call
     with contextlib.redirect_stdout(io.StringIO()):  # and its histogram progress, printed to stdout
         quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES + GLUE_OPS),
                         per_channel=True, activation_type=QuantType[scheme.activation],
                         weight_type=QuantType[scheme.weight], nodes_to_quantize=nodes, use_external_data_format=external,
                         calibrate_method=CalibrationMethod[scheme.method], calibration_cache_path=str(cache),

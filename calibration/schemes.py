@@ -24,9 +24,9 @@ import onnx
 
 from export.contract import ContractError, read_export_json
 
-from .layers import CANDIDATES, node_groups
+from .layers import CANDIDATES, glue_nodes, node_groups
 from .quality import psnr
-from .quantize import INT8_SCHEMES, quantize_graph
+from .quantize import INT8_SCHEMES, quantize_graph, quantized_nodes
 from .stream import record_feeds
 from .video import CalibrationError, read_clip
 
@@ -71,6 +71,7 @@ def compare(export_dir: Path, videos: list, holdout: list, graph: str, schemes: 
     held_feeds = record_feeds(export_dir, meta, [read_clip(v, size, max_frames).frames for v in holdout])[0][graph]
     groups = node_groups(onnx.load(str(export_dir / graph), load_external_data=False), entries[graph].role)
     nodes = [n for g in CANDIDATES for n in groups.get(g, [])]
+    nodes += glue_nodes(onnx.load(str(export_dir / graph), load_external_data=False), entries[graph].role)
 
     def session(path):
         return ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
@@ -83,7 +84,7 @@ def compare(export_dir: Path, videos: list, holdout: list, graph: str, schemes: 
             quantize_graph(export_dir / graph, out, calib_feeds, INT8_SCHEMES[name], nodes, Path(tmp) / f"{name}.cache")
             got, seconds = time_calls(session(out), held_feeds, repeats)
             value = closeness(got, reference)
-            rows.append({"scheme": name, "layers": len(nodes), "s_per_call": round(seconds, 4),
+            rows.append({"scheme": name, "layers": len(quantized_nodes(onnx.load(str(out), load_external_data=False))), "s_per_call": round(seconds, 4),
                          "speedup": round(float_s / seconds, 3),
                          "closeness_db": None if np.isinf(value) else round(value, 2)})
             print(f"  {name:<16} {seconds:8.3f} s/call  {float_s / seconds:5.2f}x  {value:6.2f} dB", file=sys.stderr)

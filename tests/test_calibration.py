@@ -61,6 +61,7 @@ def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, 
     chosen = {d["group"] for d in record["groups"] if d["quantized"]}
     assert chosen and meta["quantization"]["groups"] == sorted(chosen)
     assert {"dit.patch_embedding", "dit.head"} <= set(record["kept_high_precision"])
+    assert any(not f.startswith("dit") for f in record["layers"])     # a ReAE graph is among them
     for file, layers in record["layers"].items():
         model = onnx.load(str(out / file), load_external_data=False)
         assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
@@ -73,6 +74,15 @@ def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, 
         weights = {inits[n.input[0]].data_type for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] in inits}
         assert zero_points == {onnx.TensorProto.UINT8} and onnx.TensorProto.INT8 in weights
+        # a quantized ReAE graph keeps its activations 8-bit between convolutions: Add/Concat take
+        # dequantized inputs (ONNX Runtime runs them as QLinearAdd/QLinearConcat); the DiT's stay float
+        from_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        glue = [n for n in model.graph.node if n.op_type in ("Add", "Concat")]
+        glue_quantized = [n for n in glue if all(i in from_dq for i in n.input if i)]
+        if file.startswith("dit"):
+            assert not glue_quantized
+        else:
+            assert glue and len(glue_quantized) >= len(glue) // 2, (file, len(glue), len(glue_quantized))
     runs = record["quality"]["runs"]
     assert "not restoration quality" in record["quality"]["note"]
     assert "end_to_end" in runs and any(k.endswith("_only") for k in runs)
