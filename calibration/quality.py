@@ -61,3 +61,46 @@ def format_report(quality: dict) -> list[str]:
         lines.append(f"  {name:<13} PSNR {value:>10}  SSIM {r['ssim']:.4f}  max level diff "
                      f"{r['max_level_diff']:>3}  ({r['frames']} frames)")
     return lines
+
+
+def compare_videos(got: str, want: str) -> dict:
+    """compare_frames over two whole videos, image folders or patterns (runtime.video's reader),
+    chunk by chunk so long clips need little memory."""
+    from runtime.video.reader import VideoReader
+    results = []
+    with VideoReader(got) as a, VideoReader(want) as b:
+        while True:
+            x, y = a.read(), b.read()
+            if len(x) != len(y) or (len(x) and x.shape != y.shape):
+                raise ValueError(f"{got} and {want} differ in frame count or size "
+                                 f"(at frame {a.frames_read - len(x)}: {x.shape} vs {y.shape})")
+            if not len(x):
+                break
+            results.append(compare_frames(x, y))
+    if not results:
+        raise ValueError(f"{got} has no frames")
+    return combine(results)
+
+
+def main(argv=None) -> int:
+    """python -m calibration.quality GOT WANT: how close a quantized bundle's output is to the
+    unquantized one's (runtime.stream outputs of the same clip; lossless ones, e.g. PNG folders)."""
+    import argparse
+    import json
+    import sys
+    p = argparse.ArgumentParser(prog="python -m calibration.quality", description=main.__doc__.split("\n")[0])
+    p.add_argument("got", help="video, image folder or pattern")
+    p.add_argument("want", help="the reference: same frame count and size")
+    a = p.parse_args(argv)
+    from runtime.video.info import VideoError
+    try:
+        result = compare_videos(a.got, a.want)
+    except (ValueError, OSError, VideoError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

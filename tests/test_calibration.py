@@ -223,3 +223,24 @@ def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8
                  "--graph", "nope.onnx"]) == 2
     assert main(["--export", str(export_dir), "--video", str(clip), "--holdout", str(clip),
                  "--schemes", "u4s4"]) == 2
+
+
+def test_quality_command_compares_two_restored_videos(tmp_path, capsys):
+    """python -m calibration.quality GOT WANT over lossless files: the numbers compare_frames gives
+    for the whole clip, and a clear refusal when the two do not match frame for frame."""
+    from calibration.quality import main
+    frames = moving_frames(12, 32, 24, seed=5)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(frames.astype(np.int16) + rng.integers(-3, 4, frames.shape), 0, 255).astype(np.uint8)
+    make_clip(tmp_path / "a.mkv", frames, audio=False)
+    make_clip(tmp_path / "b.mkv", noisy, audio=False)
+    make_clip(tmp_path / "short.mkv", frames[:7], audio=False)
+    assert main([str(tmp_path / "b.mkv"), str(tmp_path / "a.mkv")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = compare_frames(noisy, frames)
+    # RGB -> 8-bit YUV 4:4:4 -> RGB moves a level by up to ~2 in each file: the noise's 3 plus 2 x 2
+    assert got["frames"] == 12 and abs(got["psnr_db"] - want["psnr_db"]) < 1.5 and got["max_level_diff"] <= 7
+    assert main([str(tmp_path / "a.mkv"), str(tmp_path / "a.mkv")]) == 0
+    assert json.loads(capsys.readouterr().out)["psnr_db"] is None       # identical
+    assert main([str(tmp_path / "short.mkv"), str(tmp_path / "a.mkv")]) == 2
+    assert "differ in frame count" in capsys.readouterr().err
