@@ -22,10 +22,12 @@ class ModelSpec:
     clip_len: int                      # frames per MIDDLE chunk (the FIRST has 4 more)
     dit_overlap: int                   # earlier LQ latents prepended to MIDDLE chunks' DiT calls
     dit_latent_frames: tuple[int, ...] | None   # DiT call lengths the model supports; None: any
+    quantization: str | None = None    # int8 | fp8: graphs with Q/DQ from python -m calibration
 
     def describe(self) -> str:
         (wi, hi), (wo, ho) = self.input_size, self.output_size
-        return (f"{self.backend} on {self.device}, {self.precision}, {wi}x{hi} -> {wo}x{ho}, "
+        precision = self.precision + (f" + {self.quantization} Q/DQ" if self.quantization else "")
+        return (f"{self.backend} on {self.device}, {precision}, {wi}x{hi} -> {wo}x{ho}, "
                 f"clip_len {self.clip_len}, dit_overlap {self.dit_overlap} ({self.source})")
 
     def check(self) -> None:
@@ -53,7 +55,8 @@ def spec_from_meta(meta: dict, source: str, backend: str, device: str) -> ModelS
     spec = ModelSpec(source=source, backend=backend, device=device, precision=meta["precision"],
                      input_size=tuple(sizes["input_size"]), output_size=tuple(sizes["output_size"]),
                      clip_len=int(chunk["clip_len"]), dit_overlap=int(chunk.get("dit_overlap", 0)),
-                     dit_latent_frames=tuple(frames) if frames else None)
+                     dit_latent_frames=tuple(frames) if frames else None,
+                     quantization=(meta.get("quantization") or {}).get("precision"))
     spec.check()
     return spec
 

@@ -106,6 +106,7 @@ def test_int8_cpu_bundle_inspects_and_restores_a_clip(int8_export, tmp_path, cap
     done = subprocess.run([PY, "-m", "runtime.stream", "--engine", str(bundle), str(source), "-o", str(target),
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "fp32 + int8 Q/DQ" in done.stderr           # the model line says what runs
     import av
     with av.open(str(target)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 12
