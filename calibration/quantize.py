@@ -22,6 +22,8 @@ is bf16 again, and each scale takes the dtype of the tensor it quantizes.
 import contextlib
 import io
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,14 +101,28 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str | Sch
     per graph and scheme). `precision`: int8 | fp8 (its SCHEMES entry), or a Scheme."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     scheme = SCHEMES[precision] if isinstance(precision, str) else precision
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL
-                   for t in onnx.load(str(src), load_external_data=False).graph.initializer)
+    external = sorted({e.value for t in onnx.load(str(src), load_external_data=False).graph.initializer
+                       if t.data_location == onnx.TensorProto.EXTERNAL
+                       for e in t.external_data if e.key == "location"})
     logging.getLogger().setLevel(logging.ERROR)      # its "consider pre-processing" advice, every call
-    with contextlib.redirect_stdout(io.StringIO()):  # and its histogram progress, printed to stdout
-        quantize_static(str(src), str(dst), None if cache.exists() else FeedReader(feeds),
+    # quantize_static writes a shape-inferred copy beside the model it is given (`<name>-inferred.onnx`)
+    # and deletes it after. Beside a shared export that is a race: two calibrations of one export (two
+    # users, two test workers) write the same file and one reads the other's half-written copy. So it
+    # is given the graph and its weight files in a folder of its own, beside `dst`: a symbolic link to
+    # the graph, copies of the weight files (onnx refuses external data behind a symbolic or hard
+    # link). A copy costs disk for a moment; handing it a ModelProto instead would hold the weights
+    # in memory three times over.
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=dst.parent) as private, \
+            contextlib.redirect_stdout(io.StringIO()):  # its histogram progress, printed to stdout
+        view = Path(private) / src.name
+        view.symlink_to(src.resolve())
+        for name in external:
+            (Path(private) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.parent / name, Path(private) / name)
+        quantize_static(str(view), str(dst), None if cache.exists() else FeedReader(feeds),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES + GLUE_OPS),
                         per_channel=True, activation_type=QuantType[scheme.activation],
-                        weight_type=QuantType[scheme.weight], nodes_to_quantize=nodes, use_external_data_format=external,
+                        weight_type=QuantType[scheme.weight], nodes_to_quantize=nodes, use_external_data_format=bool(external),
                         calibrate_method=CalibrationMethod[scheme.method], calibration_cache_path=str(cache),
                         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                                        "CalibStridedMinMax": 1})

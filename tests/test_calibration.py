@@ -7,11 +7,12 @@ GPU profiles that refuse FP8, and the bf16 round trip FP8 graphs take for Tensor
 """
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from calibration.calibrate import calibrate
 from calibration.quality import compare_frames, psnr, ssim
@@ -209,6 +210,34 @@ def test_fp8_of_a_bf16_graph_goes_back_to_bf16(tmp_path):
     scales = [n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert scales and all(inits[s] == TensorProto.BFLOAT16 for s in scales)
     assert TensorProto.FLOAT8E4M3FN in inits.values()
+
+
+def test_quantizing_writes_nothing_beside_the_source_graph(tmp_path, monkeypatch):
+    """ONNX Runtime's quantizer writes a shape-inferred copy beside the model it is handed. Handed
+    a shared export, two calibrations at once (two users, two test workers) wrote the same file and
+    one parsed the other's half-written copy ("Wire format was corrupt", CI stop 18). It must work
+    from a private folder: nothing is written beside the source, external weights still load."""
+    from calibration.quantize import quantize_graph
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [w])
+    shared = tmp_path / "export"
+    shared.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+              str(shared / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    before = sorted(shared.iterdir())
+    written = []
+    infer = onnx.shape_inference.infer_shapes_path
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path",
+                        lambda src, dst, *a, **k: (written.append(Path(dst).parent), infer(src, dst, *a, **k))[1])
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(3)]
+    quantize_graph(shared / "m.onnx", tmp_path / "q.onnx", feeds, "int8", ["mm"], tmp_path / "ranges.json")
+    assert written and shared not in written
+    assert sorted(shared.iterdir()) == before
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert [n.op_type for n in q.graph.node].count("DequantizeLinear") >= 2
 
 
 def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
