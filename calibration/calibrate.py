@@ -28,8 +28,9 @@ import onnx
 from export.contract import (ContractError, check_quantization, contract_from_json, read_export_json,
                              write_export_json)
 
-from .layers import CANDIDATES, STAGE_OF, glue_nodes, node_groups
+from .layers import CANDIDATES, STAGE_OF, chosen_nodes, glue_nodes, node_groups
 from .quality import FIDELITY_NOTE, combine, compare_frames
+from .ranges import write_ranges
 from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
 from .stream import StreamGraphs, record_feeds, restore
@@ -44,6 +45,7 @@ PRECISIONS = ("int8", "fp8")
 TRIED = {"int8": CANDIDATES, "fp8": ("dit.self_attn", "dit.cross_attn", "dit.ffn")}
 TRIED_NOTE = {"int8": "", "fp8": "not tried for fp8 by default (ReAE convolutions: --groups; docs/benchmarks.md)"}
 RECORD = "calibration.json"
+RANGES = "ranges"      # the measured ranges, one file per quantized graph (calibration/ranges.py)
 
 
 def log(msg: str) -> None:
@@ -118,6 +120,14 @@ def calibrate(export_dir, videos: list, precision: str, out, holdout: list | Non
         for note in c.notes:
             log(f"note: {c.path}: {note}")
 
+    return write_folder(out, lambda tmp: _calibrate_into(tmp, export_dir, meta, contract, calib, held, precision,
+                                                         min_psnr, groups), t0)
+
+
+def write_folder(out: Path, fill, t0: float) -> dict:
+    """fill(tmp) writes a quantized export into a temporary folder beside `out` (its scratch space
+    in tmp/.work) and returns the record; the folder is renamed into place only when complete, so
+    a failed or interrupted run leaves nothing half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):    # left by a run that was killed (SIGKILL)
         if not _alive(stale.name.rsplit("-", 1)[-1]):
@@ -126,7 +136,7 @@ def calibrate(export_dir, videos: list, precision: str, out, holdout: list | Non
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / ".work").mkdir(parents=True)
     try:
-        record = _calibrate_into(tmp, export_dir, meta, contract, calib, held, precision, min_psnr, groups)
+        record = fill(tmp)
         record["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
         shutil.rmtree(tmp / ".work")
@@ -161,9 +171,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for f in entries:
-            nodes = [n for g in chosen for n in groups[f].get(g, [])]
-            if any(g in groups[f] for g in chosen if g.endswith(".conv")):
-                nodes += glue[f]
+            nodes = chosen_nodes(chosen, groups[f], glue[f])
             if nodes:
                 quantize_graph(float_files[f], folder / f, feeds[f], precision, nodes, work / f"{f}.ranges.json")
                 files[f] = folder / f
@@ -227,31 +235,13 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                                f"lower --min-psnr or pick --groups")
     final = quantize_set(chosen, work / "final")
 
-    log(f"quality on {len(held)} held-out clip(s) ...")
-    held_refs = [restore(StreamGraphs(export_dir, meta, float_files), c.frames) for c in held]
-    runs = {"end_to_end": stream_psnr(final, held, held_refs)}
-    for stage in ("encoder", "dit", "decoder"):
-        files = {f: p for f, p in final.items() if entries[f].role == stage}
-        if files:
-            runs[f"{stage}_only"] = stream_psnr(files, held, held_refs)
-
-    layers, ranges = {}, {}
-    for f in entries:
-        if f in final:
-            model = onnx.load(str(final[f]), load_external_data=False)
-            layers[f] = quantized_nodes(model)
-            ranges[f] = activation_ranges(model)
-            if meta["precision"] == "bf16":
-                full = narrow_to_bf16(onnx.load(str(final[f])), onnx.load(str(export_dir / f)))
-                onnx.save(full, str(tmp / f), save_as_external_data=full.ByteSize() > 1 << 30,
-                          location=f + ".data")
-            else:
-                for src in _graph_files(final[f].parent, f):
-                    shutil.move(str(src), tmp / src.name)
-        else:
-            for src in _graph_files(export_dir, f):
-                if not (tmp / src.name).exists():
-                    shutil.copy2(src, tmp / src.name)
+    runs = held_out_quality(export_dir, meta, entries, float_files, final, held, precision)
+    layers, ranges = place_graphs(tmp, export_dir, meta, entries, final)
+    range_caches = {}
+    for f in final:      # the measured ranges, per node (calibration/ranges.py): what calibration.apply reuses
+        (tmp / RANGES).mkdir(exist_ok=True)
+        write_ranges(work / f"{f}.ranges.json", models[f], tmp / RANGES / f"{f}.json")
+        range_caches[f] = f"{RANGES}/{f}.json"
 
     import onnxruntime
     record = {
@@ -271,16 +261,66 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         "kept_high_precision": sorted({g for f in entries for g in groups[f]} - set(CANDIDATES)),
         "layers": layers,
         "ranges": ranges,
+        "range_caches": range_caches,
         "quality": {"note": FIDELITY_NOTE, "runs": runs,
                     **({"ort_optimization": "basic (FP8 Q/DQ)"} if fp8 else {})},
     }
-    quantization = {"precision": precision, "record": RECORD, "groups": sorted(chosen),
-                    "layers": sum(len(v) for v in layers.values()), "quality": record["quality"]}
+    write_quantized_export_json(tmp, meta, record, sorted(chosen))
+    return record
+
+
+def held_out_quality(export_dir: Path, meta: dict, entries: dict, float_files: dict, final: dict, held,
+                     precision: str) -> dict:
+    """PSNR/SSIM/largest level difference of the quantized graphs `final` against the float ones on
+    the held-out clips: end to end, and with one stage quantized at a time."""
+    fp8 = precision == "fp8"      # FP8 Q/DQ graphs run at ORT's basic level (calibration/stream.py)
+
+    def stream_psnr(files: dict, refs) -> dict:
+        graphs = StreamGraphs(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
+        return combine([compare_frames(restore(graphs, c.frames), r) for c, r in zip(held, refs)])
+
+    log(f"quality on {len(held)} held-out clip(s) ...")
+    refs = [restore(StreamGraphs(export_dir, meta, float_files), c.frames) for c in held]
+    runs = {"end_to_end": stream_psnr(final, refs)}
+    for stage in ("encoder", "dit", "decoder"):
+        files = {f: p for f, p in final.items() if entries[f].role == stage}
+        if files:
+            runs[f"{stage}_only"] = stream_psnr(files, refs)
+    return runs
+
+
+def place_graphs(tmp: Path, export_dir: Path, meta: dict, entries: dict, final: dict) -> tuple[dict, dict]:
+    """Put every graph into the new folder: the quantized ones (narrowed back to bf16 for a bf16
+    export), the others copied. Returns ({file: quantized layers}, {file: activation ranges})."""
+    layers, ranges = {}, {}
+    for f in entries:
+        if f in final:
+            model = onnx.load(str(final[f]), load_external_data=False)
+            layers[f] = quantized_nodes(model)
+            ranges[f] = activation_ranges(model)
+            if meta["precision"] == "bf16":
+                full = narrow_to_bf16(onnx.load(str(final[f])), onnx.load(str(export_dir / f)))
+                onnx.save(full, str(tmp / f), save_as_external_data=full.ByteSize() > 1 << 30,
+                          location=f + ".data")
+            else:
+                for src in _graph_files(final[f].parent, f):
+                    shutil.move(str(src), tmp / src.name)
+        else:
+            for src in _graph_files(export_dir, f):
+                if not (tmp / src.name).exists():
+                    shutil.copy2(src, tmp / src.name)
+    return layers, ranges
+
+
+def write_quantized_export_json(tmp: Path, meta: dict, record: dict, groups: list[str]) -> None:
+    """The new folder's export.json: the source export's, plus what was quantized (through the one
+    contract module, checked on the way)."""
+    quantization = {"precision": record["precision"], "record": RECORD, "groups": groups,
+                    "layers": sum(len(v) for v in record["layers"].values()), "quality": record["quality"]}
     new_meta = {**meta, "quantization": quantization}
     check_quantization(new_meta, "export.json")
     contract_from_json(new_meta, "export.json")
     write_export_json(tmp, new_meta)
-    log(f"quantized {quantization['layers']} layers ({', '.join(sorted(chosen))}); end to end on held-out clips: "
-        f"PSNR {runs['end_to_end']['psnr_db']} dB, SSIM {runs['end_to_end']['ssim']}, "
-        f"max level diff {runs['end_to_end']['max_level_diff']}")
-    return record
+    e2e = record["quality"]["runs"]["end_to_end"]
+    log(f"quantized {quantization['layers']} layers ({', '.join(groups)}); end to end on held-out clips: "
+        f"PSNR {e2e['psnr_db']} dB, SSIM {e2e['ssim']}, max level diff {e2e['max_level_diff']}")

@@ -73,3 +73,12 @@ def glue_nodes(model: onnx.ModelProto, role: str) -> list[str]:
     if role not in ("encoder", "decoder"):
         return []
     return [n.name for n in model.graph.node if n.op_type in GLUE_OPS]
+
+
+def chosen_nodes(chosen, groups: dict[str, list[str]], glue: list[str]) -> list[str]:
+    """The nodes of one graph to quantize for the `chosen` groups: theirs, and the graph's glue ops
+    when a convolution group of it is chosen."""
+    nodes = [n for g in sorted(chosen) for n in groups.get(g, [])]
+    if any(g in groups for g in chosen if g.endswith(".conv")):
+        nodes += glue
+    return nodes

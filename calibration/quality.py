@@ -56,6 +56,8 @@ def combine(results: list[dict]) -> dict:
 def format_report(quality: dict) -> list[str]:
     """Lines for inspect and the CLI: one per run (end to end, each stage alone)."""
     lines = [f"quality   {quality['note']}"]
+    if quality.get("measured_at"):
+        lines.append(f"  measured at {quality['measured_at']}")
     for name, r in quality["runs"].items():
         value = "identical" if r["psnr_db"] is None else f"{r['psnr_db']:7.2f} dB"
         lines.append(f"  {name:<13} PSNR {value:>10}  SSIM {r['ssim']:.4f}  max level diff "

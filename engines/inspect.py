@@ -98,6 +98,10 @@ def print_quantization(m: dict) -> None:
     print(f"quantized {q['precision']}: {q['layers']} layers ({q['method']['library']}, {q['method']['format']}, "
           f"{q['method']['calibrate_method']} ranges from {sum(v['frames_used'] for v in q['videos'] if v['role'] == 'calibration')} "
           f"calibration frames)")
+    if q.get("ranges_from"):
+        w, h = q["ranges_from"]["input_size"]
+        print(f"  ranges and layer choice measured on another export of the same model, {w}x{h} input: "
+              f"{q['ranges_from']['path']}")
     for d in q["decisions"]:
         alone = f"alone: PSNR {d['psnr_db_alone']} dB  " if d["psnr_db_alone"] is not None else ""
         if d.get("psnr_db_with_before") is not None and d["psnr_db_with_before"] != d["psnr_db_alone"]:

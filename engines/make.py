@@ -4,13 +4,15 @@
                            [--checkpoint DIR] [--dit-parts N] [--dit-shapes dynamic|static]
                            [--out engines/1080p.plan]
     python -m engines.make --res 360p --gpu rtx5090 --precision fp8 --calib clip.mp4   (or cpu + int8)
+    python -m engines.make --res 1080p --gpu rtx5090 --precision fp8 --calib clip.mp4 --calib-res 360p
 
 The export lands in `exports/<resolution>-<precision>-<key>/`, where the key hashes every input of
 the export (weights' content hash, sizes, chunk protocol, precision, parts): an unchanged request
 reuses it, and the engine build cache does the same per engine, so a repeated `make engine` costs
 only the hashing. --precision fp8|int8 exports in the profile's float precision, then quantizes
 with python -m calibration from the --calib clips into `exports/<...>-<fp8|int8>-<key>/` (the key
-adds the clips' sha256), reused the same way. Without --checkpoint the tiny preset with seeded random weights is built, and
+adds the clips' sha256), reused the same way. With --calib-res the calibration runs on an export at that
+size and its ranges are applied to the --res export (calibration/apply.py). Without --checkpoint the tiny preset with seeded random weights is built, and
 the command says so: such a bundle exercises every code path but restores nothing.
 """
 import argparse
@@ -50,6 +52,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "fp8", "int8"],
                    help="default: the GPU profile's; fp8 (GPUs of SM 89/90/120) and int8 (cpu) need --calib")
     p.add_argument("--calib", nargs="+", metavar="CLIP", help="calibration video(s) for --precision fp8|int8")
+    p.add_argument("--calib-res", metavar="RES", help="--precision fp8|int8: calibrate an export of this output size "
+                   "(same model, --scale and chunking) and apply its ranges at --res: a 1080p 5B calibration in "
+                   "float32 on a CPU is out of reach, a 360p one is not")
     p.add_argument("--min-psnr", type=float, default=40.0, help="--precision fp8|int8: quantize a layer group if, "
                    "alone, it keeps this PSNR in dB (default %(default)s; lower trades quality for speed)")
     p.add_argument("--groups", nargs="+", metavar="GROUP", help="--precision fp8|int8: quantize these layer groups "
@@ -84,8 +89,12 @@ def main(argv=None) -> int:
             if unknown:
                 raise ValueError(f"unknown layer groups {unknown}; the groups are {', '.join(CANDIDATES)}")
             quantization, precision = precision, profile.default_precision
-        elif args.calib or args.groups or args.min_psnr != 40.0:
-            raise ValueError("--calib, --min-psnr and --groups are for --precision fp8 or int8")
+            if args.calib_res:
+                parse_size(args.calib_res)
+                if args.input:
+                    raise ValueError("--calib-res keeps the input/output --scale: give --scale, not --input")
+        elif args.calib or args.groups or args.min_psnr != 40.0 or args.calib_res:
+            raise ValueError("--calib, --calib-res, --min-psnr and --groups are for --precision fp8 or int8")
         parse_size(args.res)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -110,22 +119,30 @@ def main(argv=None) -> int:
         source = {"preset": args.preset, "seed": RANDOM_SEED}
     parts = args.dit_parts or -(-layers // BLOCKS_PER_PART)
 
-    key = export_key(weights, args, precision, parts)
-    export_dir = Path(args.exports) / f"{resolution_name(parse_size(args.res))}-{precision}-{key}"
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    if args.force or not (export_dir / "export.json").exists():
-        from export import export_model
-        from export.settings import ExportError
-        try:
-            report = export_model(export_dir, args.res, **source, scale=args.scale, input_size=args.input,
-                                  precision=precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
-                                  dit_parts=parts, overwrite=True, dit_shapes=args.dit_shapes)
-        except ExportError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(report.summary())
-    else:
-        print(f"reusing export {export_dir} (same weights and settings)")
+    def export_at(res: str) -> Path | None:
+        """The export of this model at output size `res` (made, or reused); None if it failed."""
+        request = argparse.Namespace(**{**vars(args), "res": res})
+        key = export_key(weights, request, precision, parts)
+        folder = Path(args.exports) / f"{resolution_name(parse_size(res))}-{precision}-{key}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if args.force or not (folder / "export.json").exists():
+            from export import export_model
+            from export.settings import ExportError
+            try:
+                report = export_model(folder, res, **source, scale=args.scale, input_size=args.input,
+                                      precision=precision, clip_len=args.clip_len, dit_overlap=args.dit_overlap,
+                                      dit_parts=parts, overwrite=True, dit_shapes=args.dit_shapes)
+            except ExportError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return None
+            print(report.summary())
+        else:
+            print(f"reusing export {folder} (same weights and settings)")
+        return folder
+
+    export_dir = export_at(args.res)
+    if export_dir is None:
+        return 2
 
     if quantization:
         from calibration.calibrate import calibrate
@@ -138,17 +155,35 @@ def main(argv=None) -> int:
             return 2
         # Everything that decides the quantized graphs: a changed scheme or rule is a new folder.
         choice = {"scheme": scheme_record(quantization), "min_psnr": args.min_psnr, "groups": sorted(args.groups or [])}
-        calib_key = hashlib.sha256(json.dumps([key, quantization, hashes, choice], sort_keys=True).encode()).hexdigest()[:12]
-        quantized_dir = export_dir.with_name(f"{export_dir.name}-{quantization}-{calib_key}")
+        calib_dir = export_dir
+        if args.calib_res and parse_size(args.calib_res) != parse_size(args.res):
+            calib_dir = export_at(args.calib_res)
+            if calib_dir is None:
+                return 2
+        calib_key = hashlib.sha256(json.dumps([calib_dir.name, quantization, hashes, choice],
+                                              sort_keys=True).encode()).hexdigest()[:12]
+        quantized_dir = calib_dir.with_name(f"{calib_dir.name}-{quantization}-{calib_key}")
         if args.force or not (quantized_dir / "export.json").exists():
             try:
-                calibrate(export_dir, args.calib, quantization, quantized_dir, overwrite=True,
+                calibrate(calib_dir, args.calib, quantization, quantized_dir, overwrite=True,
                           min_psnr=args.min_psnr, groups=args.groups)
             except CalibrationError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         else:
             print(f"reusing quantized export {quantized_dir} (same export and calibration clips)")
+        if calib_dir != export_dir:
+            from calibration.apply import apply_calibration
+            applied_dir = export_dir.with_name(f"{export_dir.name}-{quantized_dir.name}")
+            if args.force or not (applied_dir / "export.json").exists():
+                try:
+                    apply_calibration(quantized_dir, export_dir, applied_dir, overwrite=True)
+                except CalibrationError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
+            else:
+                print(f"reusing quantized export {applied_dir} (ranges from {quantized_dir})")
+            quantized_dir = applied_dir
         export_dir = quantized_dir
 
     from .__main__ import main as engines_main

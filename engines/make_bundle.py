@@ -73,7 +73,7 @@ def quantization_record(export: ExportFolder, profile: GpuProfile) -> dict | Non
                           for d in record["groups"]],
             "kept_high_precision": record["kept_high_precision"], "method": record["method"],
             "videos": [{k: v[k] for k in ("path", "sha256", "role", "frames_used")} for v in record["videos"]],
-            "quality": record["quality"]}
+            "quality": record["quality"], "ranges_from": record.get("ranges_from")}
 
 
 class BundleTooLarge(ValueError):
