@@ -331,6 +331,45 @@ def test_quantizing_writes_nothing_beside_the_source_graph(tmp_path, monkeypatch
     assert [n.op_type for n in q.graph.node].count("DequantizeLinear") >= 2
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_kept_ranges_quantize_a_graph_whose_names_differ(tmp_path, precision):
+    """calibration/ranges.py: ranges measured on one graph, kept per node, quantize another graph of
+    the same nodes under other node and tensor names to the same scales (FP8's histogram records
+    pass through as well); a graph of other nodes is refused."""
+    from calibration.quantize import quantize_graph
+    from calibration.ranges import ort_cache_for, read_ranges, write_ranges
+    rng = np.random.default_rng(1)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((16, 16), (16, 8)))
+
+    def graph(names, ops=("MatMul", "MatMul")):
+        x, h, y, n1, n2 = names
+        return helper.make_model(helper.make_graph(
+            [helper.make_node(ops[0], [x, "w1"], [h], name=n1), helper.make_node(ops[1], [h, "w2"], [y], name=n2)], "g",
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4, 16])],
+            [helper.make_tensor_value_info(y, TensorProto.FLOAT, [4, 8])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]),
+            opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+    a, b = graph(["x", "h", "y", "mm1", "mm2"]), graph(["x", "t7", "y", "node_9", "node_12"])
+    onnx.save(a, str(tmp_path / "a.onnx"))
+    onnx.save(b, str(tmp_path / "b.onnx"))
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(4)]
+    quantize_graph(tmp_path / "a.onnx", tmp_path / "qa.onnx", feeds, precision, ["mm1", "mm2"], tmp_path / "a.cache")
+    write_ranges(tmp_path / "a.cache", a, tmp_path / "a.ranges.json")
+    names = ort_cache_for(read_ranges(tmp_path / "a.ranges.json"), b, "b.onnx", tmp_path / "b.cache")
+    assert names == {"mm1": "node_9", "mm2": "node_12"}
+    quantize_graph(tmp_path / "b.onnx", tmp_path / "qb.onnx", [], precision, ["node_9", "node_12"], tmp_path / "b.cache")
+
+    def scales(path):
+        m = onnx.load(str(path))
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return [inits[n.input[1]].tolist() for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert scales(tmp_path / "qa.onnx") == scales(tmp_path / "qb.onnx") and scales(tmp_path / "qa.onnx")
+    with pytest.raises(CalibrationError, match="node 1 differs"):
+        ort_cache_for(read_ranges(tmp_path / "a.ranges.json"), graph(["x", "h", "y", "m1", "m2"], ("MatMul", "Gemm")),
+                      "c.onnx", tmp_path / "c.cache")
+
+
 @ONE_CALIBRATION
 def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
     """python -m calibration.schemes: the bookkeeping (which layers, the float32 row, closeness
