@@ -115,10 +115,10 @@ def apply_calibration(calibrated_dir, export_dir, out, holdout: list | None = No
                        **{k: v for k, v in source["quality"].items() if k == "ort_optimization"}}
             videos = [v for v in source["videos"] if v["role"] == "calibration"] + \
                      [c.record("held-out", len(c.frames)) for c in held]
-        else:
+        else:            # carried over, saying where it was measured (kept as is when already carried)
             w, h = source_meta["input_size"]
-            quality = {**source["quality"], "measured_at": f"{w}x{h} input, on {calibrated_dir} (not measured at this "
-                                                           f"size: pass --holdout CLIP to)"}
+            quality = {**source["quality"], "measured_at": source["quality"].get("measured_at") or
+                       f"{w}x{h} input, on {calibrated_dir}; not at this size (--holdout CLIP measures it)"}
             videos = source["videos"]
         layers, ranges = place_graphs(tmp, export_dir, meta, entries, final)     # moves the graphs: last
         record = {**source,
