@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-frames", type=int, default=None, help="frames read per clip (default all)")
     p.add_argument("--min-psnr", type=float, default=40.0,
                    help="quantize a layer group if, alone, it keeps this PSNR (dB) (default %(default)s)")
-    p.add_argument("--groups", nargs="+", help=f"quantize these groups regardless: {', '.join(CANDIDATES)}")
+    p.add_argument("--groups", nargs="+", help=f"quantize these groups regardless of --min-psnr (the others are not tried): {', '.join(CANDIDATES)}")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     if bool(a.video) == bool(a.ranges_from):

@@ -6,8 +6,9 @@
   3. Per candidate layer group (calibration/layers.py), quantize that group alone and measure the
      restored frames of the first calibration clip (its first FIRST+MIDDLE+LAST chunks) against the
      unquantized graphs' (PSNR); the groups that stay at or above `min_psnr` dB are then added one
-     by one (best first), each kept only if the set still stays at or above `min_psnr`. The
-     decisions and the numbers go into the record.
+     by one (best first), each kept only if the set still stays at or above `min_psnr`. With
+     `groups` given, those are quantized (each still measured alone, for the record) and the
+     others are neither tried nor quantized. The decisions and the numbers go into the record.
   4. Quantize every graph with the kept groups; report PSNR/SSIM/largest level difference on the
      held-out clips, end to end and with one stage quantized at a time.
   5. Write the folder: graphs, export.json (the export's, plus a `quantization` field, through
@@ -190,6 +191,11 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
     decisions = []
     present = [g for g in CANDIDATES if any(g in groups[f] for f in entries)]
     for g in present:
+        if forced_groups and g not in forced_groups:      # not measured: --groups already decided
+            decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
+                              "alone_on_calibration": None, "quantized": False, "reason": "left out by --groups"})
+            log(f"  {g:<15} left out by --groups")
+            continue
         if not forced_groups and g not in TRIED[precision]:
             decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
                               "alone_on_calibration": None, "quantized": False, "reason": TRIED_NOTE[precision]})
@@ -197,9 +203,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
             continue
         t = time.perf_counter()
         result = stream_psnr(quantize_set({g}, work / g), trial, trial_ref)
-        keep = g in forced_groups if forced_groups else (result["psnr_db"] is None or result["psnr_db"] >= min_psnr)
-        why = ("chosen by --groups" if forced_groups and keep else "left out by --groups" if forced_groups else
-               f"PSNR alone {'>=' if keep else '<'} {min_psnr} dB")
+        keep = bool(forced_groups) or result["psnr_db"] is None or result["psnr_db"] >= min_psnr
+        why = "chosen by --groups" if forced_groups else f"PSNR alone {'>=' if keep else '<'} {min_psnr} dB"
         decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
                           "alone_on_calibration": result, "quantized": keep, "reason": why})
         log(f"  {g:<15} alone: PSNR {result['psnr_db']} dB, SSIM {result['ssim']}  -> "

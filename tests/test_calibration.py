@@ -119,74 +119,61 @@ def test_int8_cpu_bundle_inspects_and_restores_a_clip(int8_export, tmp_path, cap
         assert sum(1 for _ in c.decode(video=0)) == 12
 
 
-@ONE_CALIBRATION
-def test_ranges_measured_at_one_size_quantize_another_export_of_the_model(export_dir, int8_export, tmp_path, capsys):
-    """calibration.apply: the int8 calibration of the 17x16 export quantizes a 33x32 export of the same
-    weights: the same layers (paired by module path; some node names differ between the two sizes),
-    the same activation ranges (the measured ones, renamed and reused), its
-    own held-out quality at the new size, or the old one labelled with where it was measured."""
+def test_calib_res_calibrates_small_and_applies_the_ranges_to_the_larger_export(tmp_path, capsys):
+    """make engine RES=66x64 GPU=cpu PRECISION=int8 CALIB=clip CALIB_RES=34x32: two exports, the
+    calibration on the small one, its ranges applied to the large one (calibration.apply), which is
+    what is bundled: the same layers (paired by module path: some node names differ between the two
+    sizes), the same range values, the quality labelled with where it was measured. Then
+    `python -m calibration --ranges-from` measures quality at the new size, and the refusals."""
     from calibration.__main__ import main as calibration_main
     from calibration.apply import apply_calibration
+    from engines.bundle import read_manifest
     from engines.inspect import main as inspect_main
-    from engines.make_bundle import make_bundle
-    out, record, _ = int8_export
-    big = tmp_path / "export-33x32"
-    done = subprocess.run([PY, "-m", "export", "--preset", "tiny", "--random-weights", "0", "--res", "66x64",
-                           "--scale", "2", "--clip-len", str(CLIP_LEN), "--precision", "fp32", "--quiet",
-                           "--out", str(big)], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    clip, exports = tmp_path / "calib.mkv", tmp_path / "exports"
+    make_clip(clip, moving_frames(FRAMES, *SIZE, seed=4), audio=False)
+    args = [PY, "-m", "engines.make", "--res", "66x64", "--scale", "2", "--clip-len", str(CLIP_LEN), "--gpu", "cpu",
+            "--precision", "int8", "--calib", str(clip), "--calib-res", "34x32", "--groups", "encoder.conv", "dit.ffn",
+            "--exports", str(exports), "--out", str(tmp_path / "b.plan")]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = sorted(p.name for p in exports.iterdir())
+    assert len(folders) == 4, folders          # 34x32, 34x32 calibrated, 66x64, 66x64 with its ranges
+    small, small_q, big, applied = (exports / f for f in folders)
+    assert small_q.name.startswith(small.name + "-int8-") and applied.name == f"{big.name}-{small_q.name}"
+    source = json.loads((small_q / "calibration.json").read_text())
+    record = json.loads((applied / "calibration.json").read_text())
+    assert [d["reason"] for d in source["groups"] if not d["quantized"]] == ["left out by --groups"] * 3
+    assert read_export_json(applied)[0]["quantization"]["groups"] == ["dit.ffn", "encoder.conv"]
+    for f in source["layers"]:         # node and tensor names may differ between the sizes; the numbers may not
+        assert len(record["layers"][f]) == len(source["layers"][f]) > 0
+        assert sorted(record["ranges"][f].values()) == sorted(source["ranges"][f].values())
+    assert record["ranges_from"]["input_size"] == list(SIZE) and "17x16 input" in record["quality"]["measured_at"]
+    manifest = read_manifest(tmp_path / "b.plan")
+    assert manifest["sizes"]["input_size"] == [33, 32] and manifest["quantization"]["precision"] == "int8"
+    assert inspect_main([str(tmp_path / "b.plan")]) == 0
+    text = capsys.readouterr().out
+    assert "measured on another export of the same model, 17x16 input" in text and "measured at 17x16 input" in text
+
     held = tmp_path / "held.mkv"
     make_clip(held, moving_frames(2 * CLIP_LEN + 5, 33, 32, seed=9), audio=False)
-
-    applied = apply_calibration(out, big, tmp_path / "q", holdout=[held])
-    meta, contract = read_export_json(tmp_path / "q")
-    assert meta["input_size"] == [33, 32] and meta["quantization"]["groups"] == sorted(
-        d["group"] for d in record["groups"] if d["quantized"])
-    for f in record["layers"]:       # node and tensor names may differ between the sizes; the numbers may not
-        assert len(applied["layers"][f]) == len(record["layers"][f])
-        assert sorted(applied["ranges"][f].values()) == sorted(record["ranges"][f].values())
-    assert applied["ranges_from"]["input_size"] == list(SIZE) and applied["groups"] == record["groups"]
-    assert sorted(p.name for p in (tmp_path / "q" / "ranges").iterdir()) == sorted(f"{f}.json" for f in record["layers"])
-    runs = applied["quality"]["runs"]
+    assert calibration_main(["--export", str(big), "--ranges-from", str(small_q), "--holdout", str(held),
+                             "--out", str(tmp_path / "q")]) == 0
+    measured = json.loads((tmp_path / "q" / "calibration.json").read_text())
+    runs = measured["quality"]["runs"]
     assert runs["end_to_end"]["frames"] == 2 * CLIP_LEN + 5 and 0 < runs["end_to_end"]["ssim"] <= 1
-    assert runs != record["quality"]["runs"] and "measured_at" not in applied["quality"]
-    assert [v["role"] for v in applied["videos"]] == ["calibration", "held-out"]
-
-    assert calibration_main(["--export", str(big), "--ranges-from", str(out), "--out", str(tmp_path / "q2")]) == 0
-    assert "measured at 17x16 input" in capsys.readouterr().out      # carried over, and says so
-    bundle, _, _ = make_bundle(tmp_path / "q2", "cpu", out=tmp_path / "q2.plan")
-    assert inspect_main([str(bundle)]) == 0
-    assert "measured on another export of the same model, 17x16 input" in capsys.readouterr().out
-
+    assert "measured_at" not in measured["quality"] and [v["role"] for v in measured["videos"]] == ["calibration",
+                                                                                                   "held-out"]
     other = tmp_path / "other-weights"                # the same graphs, other weights: refused
     shutil.copytree(big, other)
     other_meta = json.loads((other / "export.json").read_text())
     other_meta["model"]["checkpoint_sha256"] = "0" * 64
     (other / "export.json").write_text(json.dumps(other_meta))
-    for source, target, message in [(export_dir, big, "is not quantized"), (out, other, "different models"),
-                                    (out, tmp_path / "q", "already quantized")]:
+    for ranges_from, target, message in [(small, big, "is not quantized"), (small_q, other, "different models"),
+                                         (small_q, applied, "already quantized")]:
         with pytest.raises(CalibrationError, match=message):
-            apply_calibration(source, target, tmp_path / "refused")
+            apply_calibration(ranges_from, target, tmp_path / "refused")
         assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))
 
-
-def test_make_engine_calibrates_at_calib_res_and_bundles_the_larger_export(tmp_path):
-    """make engine RES=66x64 GPU=cpu PRECISION=int8 CALIB=clip CALIB_RES=34x32: two exports, the
-    calibration on the small one, its ranges applied to the large one, which is what is bundled."""
-    from engines.bundle import read_manifest
-    clip = tmp_path / "calib.mkv"
-    make_clip(clip, moving_frames(FRAMES, *SIZE, seed=4), audio=False)
-    args = [PY, "-m", "engines.make", "--res", "66x64", "--scale", "2", "--clip-len", str(CLIP_LEN), "--gpu", "cpu",
-            "--precision", "int8", "--calib", str(clip), "--calib-res", "34x32", "--min-psnr", "30",
-            "--exports", str(tmp_path / "exports"), "--out", str(tmp_path / "b.plan")]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    folders = sorted(p.name for p in (tmp_path / "exports").iterdir())
-    assert len(folders) == 4, folders          # 66x64, 34x32, 34x32 calibrated, 66x64 with its ranges
-    manifest = read_manifest(tmp_path / "b.plan")
-    assert manifest["sizes"]["input_size"] == [33, 32] and manifest["quantization"]["precision"] == "int8"
-    q = manifest["quantization"]
-    assert q["ranges_from"]["input_size"] == list(SIZE) and "17x16 input" in q["quality"]["measured_at"]
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "reusing quantized export" in again.stdout, again.stdout + again.stderr
 
