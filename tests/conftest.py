@@ -40,3 +40,15 @@ def pytest_configure(config):
         import torch
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The files whose tests take minutes, queued first (whole files, so module fixtures are made once):
+# pytest-xdist hands out work in collection order, and a long test or an xdist_group (the Ray
+# tests, the int8 calibration) started last keeps one worker busy while the other idles.
+LONG_FIRST = ("test_contract.py", "test_calibration.py", "test_ray.py", "test_make_engine.py", "test_dynamic_dit.py",
+              "test_embed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
