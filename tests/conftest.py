@@ -43,8 +43,8 @@ def pytest_configure(config):
 
 
 # The files whose tests take minutes, queued first (whole files, so module fixtures are made once):
-# pytest-xdist hands out work in collection order, and a long test or an xdist_group (the Ray
-# tests, the int8 calibration) started last keeps one worker busy while the other idles.
+# pytest-xdist (--dist loadscope) hands out files in collection order, and a long file started last
+# keeps one worker busy while the other idles.
 LONG_FIRST = ("test_contract.py", "test_calibration.py", "test_ray.py", "test_make_engine.py", "test_dynamic_dit.py",
               "test_embed.py")
 

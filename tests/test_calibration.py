@@ -23,9 +23,6 @@ from export.contract import read_export_json
 from test_runtime import CLIP_LEN, PY, REPO, SIZE, cpu_bundle, make_clip, moving_frames  # noqa: F401 (fixture)
 
 FRAMES = 2 * (2 * CLIP_LEN + 5)     # a calibration half and a held-out half, each FIRST + MIDDLE + LAST
-# The tests of the int8_export fixture run on one pytest-xdist worker (`--dist loadgroup`), so the
-# calibration behind it runs once per test run, not once per worker.
-ONE_CALIBRATION = pytest.mark.xdist_group("int8_export")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,6 @@ def int8_export(export_dir, tmp_path_factory):
     return out, record, clip
 
 
-@ONE_CALIBRATION
 def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, int8_export):
     out, record, clip = int8_export
     meta, contract = read_export_json(out)
@@ -97,7 +93,6 @@ def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, 
     assert not list(out.parent.glob(".int8.tmp-*"))
 
 
-@ONE_CALIBRATION
 def test_int8_cpu_bundle_inspects_and_restores_a_clip(int8_export, tmp_path, capsys):
     from engines.inspect import main as inspect_main
     from engines.make_bundle import make_bundle
@@ -176,16 +171,6 @@ def test_calib_res_calibrates_small_and_applies_the_ranges_to_the_larger_export(
 
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "reusing quantized export" in again.stdout, again.stdout + again.stderr
-
-
-@ONE_CALIBRATION
-def test_the_group_mark_reaches_pytest_xdist(request):
-    """Under `make test` (-n 2 --dist loadgroup) pytest-xdist tags a grouped test's id with its group
-    and sends the group to one worker. pytest 9.2 with xdist 3.8 silently dropped the tag, so each
-    worker ran the calibration again (pytest-dev/pytest-xdist#1386): keep the pins that group."""
-    if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("not under pytest-xdist --dist loadgroup")
-    assert request.node.nodeid.endswith("@int8_export"), request.node.nodeid
 
 
 def test_quality_measures_on_known_differences():
@@ -357,7 +342,6 @@ def test_kept_ranges_quantize_a_graph_whose_names_differ(tmp_path, precision):
                       "c.onnx", tmp_path / "c.cache")
 
 
-@ONE_CALIBRATION
 def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
     """python -m calibration.schemes: the bookkeeping (which layers, the float32 row, closeness
     against the float graph) and its refusals; the speed numbers are docs/benchmarks.md's."""

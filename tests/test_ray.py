@@ -1,7 +1,7 @@
 """runtime.batch and runtime.serve on a local Ray cluster (2 CPUs, no dashboard, 200 MB object store).
 
 One cluster for the whole module (Ray starts slowly on 2 cores), so every test here runs in one
-pytest-xdist worker (xdist_group, with `--dist loadgroup` in the Makefile). Workers restore with
+pytest-xdist worker (`--dist loadscope` in the Makefile: a file per worker). Workers restore with
 one ONNX Runtime thread each; the references do too, so outputs are compared exactly.
 """
 import os
@@ -18,7 +18,6 @@ from test_runtime import audio_payloads, video_stream_facts
 from test_stream import frame_times
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.xdist_group("ray")
 TOKEN = "test-token-" + "x" * 20
 
 
