@@ -25,14 +25,16 @@ from pathlib import Path
 
 import onnx
 
-from export.contract import ContractError, read_export_json
+from contract.graphs import ContractError, read_export_json
 
 from .calibrate import (RANGES, RECORD, held_out_quality, log, place_graphs, write_folder,
                         write_quantized_export_json)
 from .layers import chosen_nodes, glue_nodes, node_groups
 from .quantize import quantize_graph, quantized_nodes, working_model
 from .ranges import ort_cache_for, read_ranges, write_ranges
-from .video import CalibrationError, read_clip, sha256_file
+from contract.files import sha256_file
+
+from .video import CalibrationError, read_clip
 
 
 def _same_model(a: dict, b: dict) -> bool:

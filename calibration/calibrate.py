@@ -12,7 +12,7 @@
   4. Quantize every graph with the kept groups; report PSNR/SSIM/largest level difference on the
      held-out clips, end to end and with one stage quantized at a time.
   5. Write the folder: graphs, export.json (the export's, plus a `quantization` field, through
-     export/contract.py) and calibration.json, into a temporary folder renamed into place at the end,
+     contract/graphs.py) and calibration.json, into a temporary folder renamed into place at the end,
      so a failed or interrupted run leaves nothing half-written.
 """
 import json
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import onnx
 
-from export.contract import (ContractError, check_quantization, contract_from_json, read_export_json,
+from contract.graphs import (ContractError, check_quantization, contract_from_json, read_export_json,
                              write_export_json)
 
 from .layers import CANDIDATES, STAGE_OF, chosen_nodes, glue_nodes, node_groups
@@ -35,7 +35,9 @@ from .ranges import write_ranges
 from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
 from .stream import StreamGraphs, record_feeds, restore
-from .video import CalibrationError, check_length, read_clip, sha256_file
+from contract.files import sha256_file
+
+from .video import CalibrationError, check_length, read_clip
 
 PRECISIONS = ("int8", "fp8")
 # The groups whose sensitivity is measured by default. FP8 tries the DiT's linears only: FP8 runs

@@ -66,9 +66,9 @@ def format_report(quality: dict) -> list[str]:
 
 
 def compare_videos(got: str, want: str) -> dict:
-    """compare_frames over two whole videos, image folders or patterns (runtime.video's reader),
+    """compare_frames over two whole videos, image folders or patterns (video's reader),
     chunk by chunk so long clips need little memory."""
-    from runtime.video.reader import VideoReader
+    from video.reader import VideoReader
     results = []
     with VideoReader(got) as a, VideoReader(want) as b:
         while True:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("got", help="video, image folder or pattern")
     p.add_argument("want", help="the reference: same frame count and size")
     a = p.parse_args(argv)
-    from runtime.video.info import VideoError
+    from video.info import VideoError
     try:
         result = compare_videos(a.got, a.want)
     except (ValueError, OSError, VideoError) as e:

@@ -9,7 +9,7 @@ The graph is fed what it sees in a stream (calibration/stream.py: the chunk prot
 ranges from the calibration clip's feeds; timing and closeness on the held-out clip's feeds, each
 call given the float graph's inputs, so the number is this graph's own error. Closeness: PSNR of
 the uint8 frames for the decoder, else the SNR in dB of the first output. The sessions are the
-runtime's (runtime/backends/onnxruntime.py session_options), so the times are what it would see.
+runtime's (contract/onnxruntime.py session_options), so the times are what it would see.
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.contract import ContractError, read_export_json
+from contract.graphs import ContractError, read_export_json
 
 from .layers import CANDIDATES, glue_nodes, node_groups
 from .quality import psnr
@@ -56,7 +56,7 @@ def time_calls(session, feeds: list[dict], repeats: int) -> tuple[list, float]:
 def compare(export_dir: Path, videos: list, holdout: list, graph: str, schemes: list[str], max_frames: int | None,
             repeats: int, threads: int | None = None) -> list[dict]:
     import onnxruntime as ort
-    from runtime.backends.onnxruntime import session_options
+    from contract.onnxruntime import session_options
     meta, contract = read_export_json(export_dir)
     if meta.get("quantization") or meta["precision"] != "fp32":
         raise CalibrationError(f"{export_dir}: compare schemes on an unquantized fp32 export")

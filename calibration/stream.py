@@ -1,7 +1,7 @@
 """Running an export's graphs (some of them quantized) over real frames with the chunk protocol,
 and recording what each graph is fed on the way: the calibration data.
 
-The stream is export.verify.run_stream (swiftvr.chunks.run_chunk per planned chunk: FIRST, MIDDLE,
+The stream is export.verify.run_stream (contract.chunks.run_chunk per planned chunk: FIRST, MIDDLE,
 LAST, with the ReAE state carried chunk to chunk), so every graph is calibrated on the activations
 it sees in a real stream, carried state included.
 """
@@ -26,12 +26,8 @@ class StreamGraphs(OrtGraphs):
         import onnxruntime as ort
         self.meta, self.widened = meta, meta["precision"] == "bf16"
         self.float = np.float32 if meta["precision"] in ("fp32", "bf16") else np.float16
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        from runtime.backends.onnxruntime import QDQ_BROKEN_OPTIMIZERS
-        options.add_session_config_entry("optimization.disable_specified_optimizers", QDQ_BROKEN_OPTIMIZERS)
-        if basic_optimizations:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        from contract.onnxruntime import session_options
+        options = session_options(ort, basic_optimizations=basic_optimizations)
         self.sessions = {}
         for _, entry in graph_entries(meta):
             path = (files or {}).get(entry["file"], folder / entry["file"])

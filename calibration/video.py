@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.bundle import sha256_file  # noqa: F401  (re-exported: calibrate and engines.make use it)
+from contract.files import sha256_file
 
 
 class CalibrationError(ValueError):

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from engines.build import BuildError
-from engines.bundle import BundleError
+from contract.bundle import BundleError
 from engines.cache import DEFAULT_CACHE_DIR
 from engines.make_bundle import make_bundle
 from engines.profiles import PROFILES

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engines.bundle import temp_path
-from engines.cache import DEFAULT_CACHE_DIR, EngineCache, atomic_write, cache_key
+from contract.files import temp_path
+from contract.files import atomic_write
+from engines.cache import DEFAULT_CACHE_DIR, EngineCache, cache_key
 from engines.export_folder import (ExportFolder, GraphSpec, count_attention_nodes, graph_sha256,
                                    load_graph_proto, weight_bytes)
 from engines.flavours import (attention_layer_types, check_build_machine, import_tensorrt, local_gpu,

@@ -10,20 +10,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from engines.bundle import atomic_file
-from engines.export_folder import sha256_file
+from contract.files import atomic_write, sha256_file
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
 
 def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def atomic_write(path: Path, data) -> None:
-    """Write bytes (or any buffer) under a temporary name, then rename: all or nothing."""
-    with atomic_file(path) as f:
-        f.write(data)
 
 
 class EngineCache:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnx
 
-from engines.bundle import sha256_file
-from export.contract import Contract, Graph, read_export_json
+from contract.files import sha256_file
+from contract.graphs import Contract, Graph, read_export_json
 
 # Bytes per element of the ONNX initializer types a SwiftVR export can hold.
 _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -22,7 +22,7 @@ _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.T
 @dataclass
 class GraphSpec:
     """One graph of the export: what export.json says about it, and where its file is."""
-    graph: Graph       # the contract's description (export/contract.py)
+    graph: Graph       # the contract's description (contract/graphs.py)
     path: Path
 
     @property

@@ -18,11 +18,11 @@ import os
 import sys
 from collections import Counter
 
-from engines.bundle import BundleError, open_bundle
+from contract.bundle import BundleError, open_bundle
 from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
 from engines.memory import describe_plan, plan_total
 from engines.profiles import PROFILES
-from export.contract import ContractError, contract_from_manifest
+from contract.graphs import ContractError, contract_from_manifest
 
 
 def _mib(n):

@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 import sys
 
-from swiftvr.sizes import parse_size, resolution_name
+from contract.sizes import parse_size, resolution_name
 
-from export.contract import QUANTIZATIONS
+from contract.graphs import QUANTIZATIONS
 
 from .profiles import check_quantization, get_profile
 
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     if quantization:
         from calibration.calibrate import calibrate
         from calibration.quantize import scheme_record
-        from calibration.video import CalibrationError, sha256_file
+        from calibration.video import CalibrationError
+        from contract.files import sha256_file
         try:
             hashes = [sha256_file(c) for c in args.calib]
         except OSError as e:

@@ -10,7 +10,7 @@ The manifest written into the bundle holds everything a runtime needs besides th
   chunk (export.json "chunk": clip_len, dit_overlap, dit_latent_frames, encoder/decoder frames),
   state {encoder: [{input, output, shape, dtype}], decoder: [...]}: state_in.X pairs with state_out.X,
   engines: in chain order [{name, role, member, blocks, latent_frames, inputs, outputs, dynamic
-           (these from export/contract.py, which reads them back), files, graph_sha256,
+           (these from contract/graphs.py, which reads them back), files, graph_sha256,
            network (layers, layer types, attention counts), build (seconds, peak RSS)}],
            inputs with dynamic dims carry their "min"/"opt"/"max" shapes,
   members {name: {size, sha256}} (added by write_bundle),
@@ -26,14 +26,14 @@ from pathlib import Path
 from swiftvr.config import PRECISION_DTYPES
 
 from engines.build import build_engines
-from engines.bundle import write_bundle
+from contract.bundle import write_bundle
 from engines.cache import DEFAULT_CACHE_DIR
 from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
                                    load_graph_proto, read_export, sha256_file, weight_bytes)
 from engines.flavours import MODULES
 from engines.memory import engine_memory, fit_problem, graph_memory, plan_total
 from engines.profiles import GpuProfile, check_precision, check_quantization, get_profile
-from export.contract import contract_from_manifest, engine_entry
+from contract.graphs import contract_from_manifest, engine_entry
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
 
@@ -159,7 +159,7 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "sizes": {k: meta.get(k) for k in ("input_size", "output_size", "padded_size", "latent_size", "scale")}
                  | {"resolution": export.resolution_name},
         "chunk": meta.get("chunk"),
-        "state": export.contract.to_json()[1],     # the state pairs, as export/contract.py read them
+        "state": export.contract.to_json()[1],     # the state pairs, as contract/graphs.py read them
         "engines": engines,
         "memory_plan": memory_plan,
     }

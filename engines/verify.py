@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.bundle import BundleError, open_bundle
+from contract.bundle import BundleError, open_bundle
 from engines.export_folder import graph_sha256, read_export
 from engines.flavours import INSTALL_HINTS, MODULES
 
@@ -185,7 +185,7 @@ class Chain:
     keeps every call's (graph, inputs, outputs)."""
 
     def __init__(self, manifest: dict, runners: dict, record: bool = False, bf16_as_torch: bool = False):
-        from export.contract import contract_from_manifest
+        from contract.graphs import contract_from_manifest
         self.manifest, self.runners, self.bf16_as_torch = manifest, runners, bf16_as_torch
         self.engines = {e["name"]: e for e in manifest["engines"]}
         self.contract = contract_from_manifest(manifest, "the bundle manifest")

@@ -8,7 +8,7 @@ Then `python -m export.verify OUT` checks the graphs against the torch model in 
 import argparse
 import sys
 
-from swiftvr.sizes import RESOLUTIONS
+from contract.sizes import RESOLUTIONS
 
 from . import export_model
 from .settings import DIT_SHAPES, PRECISIONS, ExportError

@@ -16,7 +16,7 @@ from torch import nn
 
 from swiftvr.pipeline import preprocess
 from swiftvr.reae import ReAE, decoder_state_shapes, encoder_state_shapes
-from swiftvr.sizes import FrameGeometry
+from contract.sizes import FrameGeometry
 
 
 class EncoderGraph(nn.Module):

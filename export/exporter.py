@@ -23,7 +23,7 @@ from torch.export import Dim
 from tqdm import tqdm
 
 from .autoencoder import DecoderGraph, EncoderGraph
-from .contract import frames_key
+from contract.graphs import frames_key
 from .dit import DiTPart, part_ranges, stream_parts
 from .manifest import build_manifest, state_pairs
 from .onnx_graph import describe_io, release_weights, save, to_onnx

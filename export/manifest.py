@@ -1,10 +1,10 @@
 """export.json: everything engines/ and runtime/ need, so that no later stage re-derives a shape.
-The format is docs/export-format.md; its graphs and state go through export/contract.py."""
+The format is docs/export-format.md; its graphs and state go through contract/graphs.py."""
 from datetime import datetime, timezone
 
 from swiftvr.config import PRECISION_DTYPES
 
-from . import contract as c
+from contract import graphs as c
 from .settings import OPSET, ExportSettings
 from .weights import WeightSource
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from swiftvr.chunks import check_settings, dit_latent_counts
+from contract.chunks import check_settings, dit_latent_counts
 from swiftvr.config import PRECISION_DTYPES
-from swiftvr.sizes import FrameGeometry, frame_geometry, parse_size
+from contract.sizes import FrameGeometry, frame_geometry, parse_size
 
 PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}
 SCALE_RANGE = (1.0, 4.0)

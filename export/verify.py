@@ -8,7 +8,7 @@
    * each graph alone: encoder (shortest, regular and longest chunk, carried state), every DiT
      graph (and every part boundary `hidden.<b>`), decoder (1 and clip_len/4+1 latents);
    * a stream of at least 4 chunks (first, middle, middle, last) with state carried chunk to chunk,
-     run as swiftvr.chunks.ChunkPlanner plans it, against swiftvr.pipeline.Restorer (protocol "full").
+     run as contract.chunks.ChunkPlanner plans it, against swiftvr.pipeline.Restorer (protocol "full").
    ONNX Runtime's CPU kernels have no bf16 (Conv, MatMul, ...): a bf16 graph runs with every bf16
    tensor widened to float32, which checks its wiring and its bf16-rounded weights and constants
    but not bf16 arithmetic; the output says so. fp32 and fp16 graphs run as they are.
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .contract import ContractError, contract_from_json, read_export_json
+from contract.graphs import ContractError, contract_from_json, read_export_json
 from .onnx_graph import CONTROL_FLOW
 from .settings import OPSET, ExportError
 
@@ -234,7 +234,7 @@ def _next_state(pairs: list[dict], outputs: dict) -> dict:
 
 
 class NumpyChunkOps:
-    """swiftvr.chunks.ChunkOps on numpy arrays, running the ONNX graphs."""
+    """contract.chunks.ChunkOps on numpy arrays, running the ONNX graphs."""
 
     def __init__(self, graphs: OrtGraphs):
         self.graphs = graphs
@@ -262,8 +262,8 @@ class NumpyChunkOps:
 
 
 def run_stream(graphs: OrtGraphs, video: np.ndarray, clip_len: int, overlap: int) -> tuple[np.ndarray, list]:
-    """The chunk protocol with the ONNX graphs: swiftvr.chunks.run_chunk, as the torch Restorer runs it."""
-    from swiftvr.chunks import ChunkPlanner, FrameBuffer, StreamState, run_chunk
+    """The chunk protocol with the ONNX graphs: contract.chunks.run_chunk, as the torch Restorer runs it."""
+    from contract.chunks import ChunkPlanner, FrameBuffer, StreamState, run_chunk
     planner = ChunkPlanner(clip_len, overlap)
     chunks = planner.push(len(video)) + planner.finish()
     buffer, ops = FrameBuffer(), NumpyChunkOps(graphs)
@@ -280,7 +280,7 @@ class TorchReference:
 
     def __init__(self, meta: dict):
         import torch
-        from swiftvr.sizes import frame_geometry
+        from contract.sizes import frame_geometry
         from .weights import source_from_manifest
         self.torch = torch
         source = source_from_manifest(meta["model"])

@@ -10,7 +10,7 @@ A backend gives two objects:
                move them to the host except in `download`.
 
 The Runner below puts each Kernels call on its stage's lane (runtime/lanes.py), which is where
-overlap comes from, and is the swiftvr.chunks.ChunkOps that swiftvr.chunks.run_chunk drives: the
+overlap comes from, and is the contract.chunks.ChunkOps that contract.chunks.run_chunk drives: the
 chunk logic itself lives once, there.
 """
 from typing import Any, Protocol

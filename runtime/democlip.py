@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .video import parse_rate, parse_size
+from video import parse_rate, parse_size
 
 
 def demo_frames(count: int, width: int, height: int, seed: int = 0):

@@ -11,8 +11,8 @@ checkpoint, or its preset and random-weights seed) with the export's sizes and c
 """
 from pathlib import Path
 
-from engines.bundle import BundleError, open_bundle, read_manifest
-from export.contract import ContractError, read_json
+from contract.bundle import BundleError, open_bundle, read_manifest
+from contract.graphs import ContractError, read_json
 
 from .backend import LoadedModel
 from .errors import RuntimeSetupError
@@ -22,7 +22,7 @@ BACKENDS = ("tensorrt", "onnxruntime", "torch")
 
 def describe_path(path) -> tuple[str, dict]:
     """("bundle" | "export", manifest or export.json) for a model path, or a RuntimeSetupError.
-    Their graphs are checked (export/contract.py) when a backend builds its plan from them."""
+    Their graphs are checked (contract/graphs.py) when a backend builds its plan from them."""
     path = Path(path)
     if path.is_dir():
         if (path / "export.json").is_file():

@@ -1,10 +1,10 @@
 """A whole video through a Session: reader thread -> model -> writer thread.
 
-    reader thread   decodes batches of frames (runtime/video/), resizes them if asked, and puts
+    reader thread   decodes batches of frames (video/), resizes them if asked, and puts
                     them in a queue of at most two batches
     this thread     pushes them into a Session whose chunks are in flight on the stage lanes
                     (CUDA streams or threads, runtime/lanes.py), and hands restored frames on
-    writer thread   encodes them (runtime/video/: each frame at its input frame's time, colour
+    writer thread   encodes them (video/: each frame at its input frame's time, colour
                     tags, audio copied), and moves the progress bar
 
 Every queue is bounded and a Session holds at most `in_flight` chunks, so memory is flat for
@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from .backend import LoadedModel
 from .errors import InputSizeError
-from .resize import resize_frames
+from video.resize import resize_frames
 from .session import Session
-from .video import VideoError, VideoReader, VideoWriter
+from video import VideoError, VideoReader, VideoWriter
 
 _END = object()
 

@@ -7,7 +7,7 @@
 
 Every input frame gives exactly one output frame, in order (ChunkPlanner with keep_all_frames):
 push() returns the frames of the chunks that are finished, flush() all the rest. Each chunk is
-uploaded, then run by swiftvr.chunks.run_chunk (the step swiftvr.pipeline.Restorer runs in torch)
+uploaded, then run by contract.chunks.run_chunk (the step swiftvr.pipeline.Restorer runs in torch)
 with the backend's Runner as its ChunkOps, so every backend gives the ground truth's frames (up to
 its arithmetic); the step's output is a download ticket.
 
@@ -24,12 +24,12 @@ from collections import deque
 
 import numpy as np
 
-from swiftvr.chunks import Chunk, ChunkPlanner, FrameBuffer, StreamState, run_chunk
+from contract.chunks import Chunk, ChunkPlanner, FrameBuffer, StreamState, run_chunk
 
 from .backend import LoadedModel
 from .errors import InputSizeError
 from .lanes import StageStats
-from .resize import resize_frames
+from video.resize import resize_frames
 
 
 class Session:

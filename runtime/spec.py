@@ -5,8 +5,8 @@ from the torch backend's settings. Nothing here is re-derived from the graphs: t
 """
 from dataclasses import dataclass
 
-from export.contract import Contract, ContractError, contract_from_json, contract_from_manifest
-from swiftvr.chunks import check_settings, dit_latent_counts
+from contract.graphs import Contract, ContractError, contract_from_json, contract_from_manifest
+from contract.chunks import check_settings, dit_latent_counts
 
 from .errors import RuntimeSetupError
 
@@ -31,7 +31,7 @@ class ModelSpec:
                 f"clip_len {self.clip_len}, dit_overlap {self.dit_overlap} ({self.source})")
 
     def check(self) -> None:
-        """The chunk protocol (swiftvr.chunks) must only make DiT calls the model has."""
+        """The chunk protocol (contract.chunks) must only make DiT calls the model has."""
         try:
             check_settings(self.clip_len, self.dit_overlap)
         except ValueError as e:
@@ -63,7 +63,7 @@ def spec_from_meta(meta: dict, source: str, backend: str, device: str) -> ModelS
 
 def plan_from_meta(meta: dict, source: str) -> Contract:
     """What a backend executes: the encoder, the DiT chain per latent-frame count (one dynamic chain
-    may serve several: `chain(F)` is then the same parts for each), the decoder and the state pairs, checked (export/contract.py), from a bundle manifest or export.json."""
+    may serve several: `chain(F)` is then the same parts for each), the decoder and the state pairs, checked (contract/graphs.py), from a bundle manifest or export.json."""
     try:
         return contract_from_manifest(meta, source) if "engines" in meta else contract_from_json(meta, source)
     except ContractError as e:

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import av
 
-from swiftvr.sizes import parse_size
+from contract.sizes import parse_size
 
 from .errors import RuntimeSetupError
 from .load import BACKENDS, bundles_for_size, load_bundle, load_torch
-from .resize import RESIZE_MODES, describe_resize, output_sample_aspect
-from .video import VideoError, VideoReader, VideoWriter, check_target, parse_rate
+from video.resize import RESIZE_MODES, describe_resize, output_sample_aspect
+from video import VideoError, VideoReader, VideoWriter, check_target, parse_rate
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 # The signals that mean "stop, please": Ctrl-C, docker stop / systemd / timeout, a closed terminal.

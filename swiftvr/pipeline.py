@@ -4,11 +4,11 @@
     out = restorer.push(frames)     # uint8 [T, H, W, 3] in, restored uint8 [T', H_out, W_out, 3] out
     out = restorer.flush()          # the rest at end of stream
 
-Protocols (swiftvr.chunks): "full" (ours, default) — the reference's offline chunking, every input
+Protocols (contract.chunks): "full" (ours, default) — the reference's offline chunking, every input
 frame comes out, every pixel is kept, float -> uint8 rounds; "reference" — `restore_video` exactly
 (drops trailing frames, crops to multiples of 8, truncates); "reference-online" — `StreamSession`.
 
-Each chunk is swiftvr.chunks.run_chunk with the Restorer itself as the ChunkOps (torch tensors):
+Each chunk is contract.chunks.run_chunk with the Restorer itself as the ChunkOps (torch tensors):
 the same step the runtime's Session and export.verify run on their own arrays.
 
 RoPE offsets: the reference shifts each chunk's temporal positions by its global latent index.
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import SwiftVR
-from .chunks import Chunk, ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, run_chunk
-from .sizes import FrameGeometry, frame_geometry
+from contract.chunks import Chunk, ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, run_chunk
+from contract.sizes import FrameGeometry, frame_geometry
 
 PROTOCOLS = ("full", "reference", "reference-online")
 
@@ -116,7 +116,7 @@ class Restorer:
         frames = torch.stack(self.buffer.take(chunk)).to(self.device)
         return run_chunk(chunk, frames, self, self.state)
 
-    # ---- swiftvr.chunks.ChunkOps on torch tensors ------------------------------------------------
+    # ---- contract.chunks.ChunkOps on torch tensors ------------------------------------------------
     def encode(self, frames, state):
         x = preprocess(frames, self.geom, self.dtype)
         lq, state = self.model.reae.encode(x, state)                 # [1, n, 48, h, w]

@@ -19,7 +19,7 @@ from calibration.calibrate import calibrate
 from calibration.quality import compare_frames, psnr, ssim
 from calibration.video import CalibrationError
 from engines.profiles import check_quantization, get_profile
-from export.contract import read_export_json
+from contract.graphs import read_export_json
 from test_runtime import CLIP_LEN, PY, REPO, SIZE, cpu_bundle, make_clip, moving_frames  # noqa: F401 (fixture)
 
 FRAMES = 2 * (2 * CLIP_LEN + 5)     # a calibration half and a held-out half, each FIRST + MIDDLE + LAST
@@ -122,7 +122,7 @@ def test_calib_res_calibrates_small_and_applies_the_ranges_to_the_larger_export(
     `python -m calibration --ranges-from` measures quality at the new size, and the refusals."""
     from calibration.__main__ import main as calibration_main
     from calibration.apply import apply_calibration
-    from engines.bundle import read_manifest
+    from contract.bundle import read_manifest
     from engines.inspect import main as inspect_main
     clip, exports = tmp_path / "calib.mkv", tmp_path / "exports"
     make_clip(clip, moving_frames(FRAMES, *SIZE, seed=4), audio=False)

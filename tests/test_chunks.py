@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from swiftvr.chunks import (ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, dit_latent_counts,
+from contract.chunks import (ChunkPlanner, FrameBuffer, OnlineReferencePlanner, StreamState, dit_latent_counts,
                             plan_chunks, run_chunk)
 
 

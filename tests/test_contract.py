@@ -1,4 +1,4 @@
-"""export/contract.py: the graph contract every stage reads and writes, and the plan the runtime runs.
+"""contract/graphs.py: the graph contract every stage reads and writes, and the plan the runtime runs.
 
   * the tiny preset exported in each part layout it allows (1, 2, 3 parts: it has 3 DiT blocks, so
     6 parts cannot be made from it) with dit_overlap 0 and 1, each through a `cpu` bundle and a
@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.bundle import read_manifest, write_bundle
+from contract.bundle import read_manifest, write_bundle
 from engines.export_folder import read_export
 from engines.inspect import main as inspect_main
 from engines.make_bundle import make_bundle
 from engines.synthetic import SyntheticConfig, write_synthetic_export
-from export import contract as c
+from contract import graphs as c
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from export import contract as c
+from contract import graphs as c
 from export.dit import part_ranges, stream_parts
 from export.exporter import dit_onnx
 from export.onnx_graph import save

@@ -19,7 +19,7 @@ import pytest
 from engines import build as build_module
 from engines import bundle as bundle_module
 from engines.build import BuildError
-from engines.bundle import BundleError, open_bundle, read_manifest, write_bundle
+from contract.bundle import BundleError, open_bundle, read_manifest, write_bundle
 from engines.export_folder import read_export
 from engines.inspect import main as inspect_main
 from engines.make_bundle import BundleTooLarge, default_out, make_bundle

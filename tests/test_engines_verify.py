@@ -100,7 +100,7 @@ def test_gpu_bundle_refused_without_gpu(tmp_path, capsys):
 
     # What would run on a GPU: Polygraphy TrtRunners over the engines' bytes, set up for TensorRT-RTX.
     import tensorrt_rtx
-    from engines.bundle import open_bundle
+    from contract.bundle import open_bundle
     from engines.verify import bundle_runners
     with open_bundle(bundle) as opened:
         runners = bundle_runners(opened)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from engines.bundle import open_bundle
+from contract.bundle import open_bundle
 
 
 def make_engine(tmp_path, *extra):

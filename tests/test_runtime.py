@@ -295,7 +295,7 @@ def run_python(code: str, blocked=("torch",), timeout=120, args=()):
 def test_runtime_imports_without_torch():
     result = run_python(
         "import runtime, runtime.stream, runtime.session, runtime.restore_video, runtime.throughput, runtime.load\n"
-        "import runtime.backends.onnxruntime, runtime.backends.tensorrt, runtime.backends.cuda, runtime.video\n"
+        "import runtime.backends.onnxruntime, runtime.backends.tensorrt, runtime.backends.cuda, video\n"
         "assert 'torch' not in sys.modules\n"
         "from runtime.stream import main\n"
         "raise SystemExit(main(['--backend', 'torch', '--preset', 'tiny', '--random-weights', '0', '--res', "
@@ -315,7 +315,7 @@ def test_missing_onnxruntime_names_the_package(tmp_path):
 
 def fake_trt_bundle(path, version):
     """A bundle whose manifest says TensorRT-RTX engines (the engine bytes are not real)."""
-    from engines.bundle import write_bundle
+    from contract.bundle import write_bundle
     engine = path.parent / "encoder.engine"
     engine.write_bytes(b"\0" * 4096)
     manifest = {"target": {"gpu": "rtx4090", "flavour": "tensorrt-rtx", "compute_capabilities": ["8.9"]},
@@ -405,7 +405,7 @@ def test_ctrl_c_finishes_the_chunk_in_flight_and_leaves_a_playable_file(cpu_bund
 
 
 def test_truncated_input_keeps_what_was_restored_and_fails_clearly(cpu_bundle, tmp_path):
-    from runtime.video import VideoError, VideoReader
+    from video import VideoError, VideoReader
     source, damaged, target = tmp_path / "in.mkv", tmp_path / "cut.mkv", tmp_path / "out.mp4"
     make_clip(source, np.random.default_rng(0).integers(0, 256, (40, 16, 17, 3), dtype=np.uint8), audio=False)
     data = source.read_bytes()

@@ -17,8 +17,8 @@ import pytest
 from test_runtime import (PY, REPO, SIZE, cpu_bundle, make_clip, moving_frames, run_cli,  # noqa: F401 (fixture)
                           video_stream_facts)
 
-from runtime.video import VideoError, VideoReader
-from runtime.video.target import check_target
+from video import VideoError, VideoReader
+from video.target import check_target
 
 
 def hidden_files(folder):
@@ -289,7 +289,7 @@ def test_resize_keeps_the_display_aspect_ratio_or_pads(cpu_bundle, tmp_path):
 
 
 def test_resize_pad_fits_the_picture_between_black_bars():
-    from runtime.resize import pad_box, resize_frames
+    from video.resize import pad_box, resize_frames
     frames = np.full((2, 144, 176, 3), 200, np.uint8)
     assert pad_box((176, 144), CARPHONE_ASPECT, (17, 16)) == (0, 1, 17, 13)      # 17 / 1.337 = 12.7 rows
     assert pad_box((176, 144), None, (96, 54)) == (15, 0, 66, 54)               # 54 x 176/144 = 66 columns
@@ -335,7 +335,7 @@ def test_bad_arguments_exit_2_naming_the_flag(args, says, capsys):
 
 
 def test_damage_and_container_messages_name_flags(tmp_path):
-    from runtime.video import VideoWriter, probe
+    from video import VideoWriter, probe
     source = tmp_path / "in.mkv"
     make_clip(source, np.random.default_rng(0).integers(0, 256, (20, 16, 17, 3), dtype=np.uint8), audio=False)
     data = source.read_bytes()
@@ -376,7 +376,7 @@ def test_a_text_file_is_not_a_video(tmp_path):
 
 
 def test_truncated_bundle_names_where_it_breaks(cpu_bundle, tmp_path):
-    from engines.bundle import BundleError, open_bundle
+    from contract.bundle import BundleError, open_bundle
     cut = tmp_path / "cut.plan"
     with open(cpu_bundle, "rb") as f:
         cut.write_bytes(f.read(cpu_bundle.stat().st_size // 2))

@@ -1,4 +1,4 @@
-"""Tests for runtime/video/: readers and writers for files, image sequences, pipes, URLs.
+"""Tests for video/: readers and writers for files, image sequences, pipes, URLs.
 
 Clips are made here with PyAV directly (not with the module under test), so a bug that
 the reader and writer share cannot hide itself.
@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from runtime.video import (
+from video import (
     VideoError,
     VideoInfo,
     VideoReader,
@@ -395,7 +395,7 @@ def test_unreadable_image_in_a_sequence_names_the_file(tmp_path):
 
 PIPE_SCRIPT = """
 import sys
-from runtime.video import VideoReader, VideoWriter
+from video import VideoReader, VideoWriter
 with VideoReader("-", raw_size="37x29", raw_fps="30000/1001") as reader:
     assert reader.info.fps.denominator == 1001
     writer = VideoWriter("-", reader.info, width=37, height=29)

@@ -10,6 +10,8 @@ threads at once. Per-stream state (boundary states, history) lives in the Sessio
 """
 import numpy as np
 
+from contract.onnxruntime import session_options
+
 from ..backend import LoadedModel
 from ..errors import MissingPackageError, RuntimeSetupError, import_or_explain
 from ..lanes import StageStats, cpu_lanes
@@ -25,7 +27,7 @@ class OnnxModel(LoadedModel):
     def __init__(self, meta: dict, load_graph, source: str, *, device: str | None = None,
                  threads: int | None = None, meta_file: str | None = None):
         """meta: export.json (meta_file: its path, for errors) or a cpu bundle's manifest.
-        load_graph(graph (export.contract.Graph), session_options, providers) -> InferenceSession:
+        load_graph(graph (contract.graphs.Graph), session_options, providers) -> InferenceSession:
         from a file or bundle bytes."""
         ort = import_onnxruntime()
         self.ort = ort
@@ -127,7 +129,7 @@ class OnnxKernels:
 
 def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
     from pathlib import Path
-    from export.contract import read_json
+    from contract.graphs import read_json
     folder = Path(path)
     ort = import_onnxruntime()
     meta = read_json(folder / "export.json", "export.json")
@@ -138,7 +140,7 @@ def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
 
 
 def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
-    """From an open engines.bundle.Bundle of the `cpu` target: graphs and their external data are
+    """From an open contract.bundle.Bundle of the `cpu` target: graphs and their external data are
     handed to ONNX Runtime from the mapped file, nothing is unpacked to disk."""
     ort = import_onnxruntime()
     manifest = bundle.manifest
@@ -154,23 +156,3 @@ def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
             view.release()
         return session
     return OnnxModel(manifest, load, str(bundle.path), device=device, threads=threads)
-
-
-def session_options(ort, threads: int | None):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    # With overlapping lanes three graphs run at once on the same cores; idle pool threads that
-    # spin for work take cycles from the other lanes (measured on 2 busy cores: overlap up to ~30%
-    # slower with spinning; no slower without it on an idle machine).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3          # errors only: no warnings about unused initializers
-    options.add_session_config_entry("optimization.disable_specified_optimizers", QDQ_BROKEN_OPTIMIZERS)
-    return options
-
-
-# ORT 1.31 moves a DequantizeLinear past Reshape/Slice onto a graph output and gives the new
-# QuantizeLinear a uint8 zero point with output_dtype int8: session creation fails for INT8 graphs
-# from python -m calibration (ReAE states are such outputs). No effect on graphs without Q/DQ.
-QDQ_BROKEN_OPTIMIZERS = "QDQPropagationTransformer"

@@ -41,7 +41,7 @@ def import_tensorrt(flavour: str):
 def execution_plan(manifest: dict, source: str):
     """What TensorRTKernels executes, from the manifest alone (no GPU, no TensorRT): the engines by
     name, the DiT chain per latent-frame count (each part fed `latents` and the parts before it),
-    the state pairs. An export.contract.Contract; a RuntimeSetupError names what does not fit."""
+    the state pairs. A contract.graphs.Contract; a RuntimeSetupError names what does not fit."""
     return plan_from_meta(manifest, source)
 
 
@@ -119,7 +119,7 @@ class TensorRTKernels:
         self.pinned = PinnedPool(self.cuda)
 
     def _execute(self, graph, inputs: dict) -> dict:
-        """Run one engine: `graph` is its export.contract.Graph (tensor names and dtypes)."""
+        """Run one engine: `graph` is its contract.graphs.Graph (tensor names and dtypes)."""
         context = self.contexts[graph.name]
         for tensor in graph.input_names:
             array = inputs[tensor]

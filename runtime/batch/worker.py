@@ -11,9 +11,9 @@ def restore_file(model, source: str, target: str, *, codec=None, crf=None, pix_f
     """`runtime.stream --engine B SOURCE -o TARGET` with a loaded model, written to a temporary
     name and renamed onto TARGET only when complete. A damaged input raises (VideoError) and
     leaves no output. on_frames(n): called as frames are written (progress, test hooks)."""
-    from ..resize import output_sample_aspect
+    from video.resize import output_sample_aspect
     from ..restore_video import check_input_size, restore_video
-    from ..video import VideoError, VideoReader, VideoWriter
+    from video import VideoError, VideoReader, VideoWriter
 
     class CountingWriter(VideoWriter):
         def write(self, frames, times=None):
@@ -65,7 +65,7 @@ class RestoreWorker:
         return self.frames_done
 
     def restore(self, source: str, target: str) -> dict:
-        from ..video import VideoError
+        from video import VideoError
         self.frames_done = 0
 
         def on_frames(n):

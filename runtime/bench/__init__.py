@@ -37,7 +37,7 @@ measured on the same device, so the gap to the arithmetic ceiling is printed. Th
 holds the machine, the command line and every number; a short table is printed last.
 
 Files: this one is the command line; ladder.py measures (each chunk goes through
-swiftvr.chunks.run_chunk on the torch backend's Runner, the step a Session runs); machine.py
+contract.chunks.run_chunk on the torch backend's Runner, the step a Session runs); machine.py
 probes the machine and its matmul / copy ceilings; report.py prints and writes the results; the
 FLOP model of the DiT is swiftvr/flops.py. `python -m runtime.stream --benchmark`
 (runtime/throughput.py) measures a whole Session instead, uploads and downloads included.

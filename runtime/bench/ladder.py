@@ -1,5 +1,5 @@
 """runtime.bench's measurements: the ladder of variants, each measured per resolution by driving
-chunks through swiftvr.chunks.run_chunk on the torch backend's Runner (the step a Session runs).
+chunks through contract.chunks.run_chunk on the torch backend's Runner (the step a Session runs).
 See runtime/bench/__init__.py for the method.
 """
 import dataclasses
@@ -9,9 +9,9 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 
-from swiftvr.chunks import StreamState, plan_chunks, run_chunk
+from contract.chunks import StreamState, plan_chunks, run_chunk
 from swiftvr.flops import dit_flops
-from swiftvr.sizes import parse_size, resolution_name
+from contract.sizes import parse_size, resolution_name
 
 from ..backend import Runner
 from ..backends.torch import TorchModel, TorchOptions, TorchSource, import_torch, torch_dtype
@@ -111,7 +111,7 @@ def _trim(frames, start: int, count: int):
 def run_stream(tm: TorchModel, kernels, chunks: list, *, overlap: bool, in_flight: int,
                keep: bool = False) -> StreamRun:
     """One stream (fresh encoder / decoder state) of a FIRST chunk and MIDDLE chunks of frames on
-    the device, each through swiftvr.chunks.run_chunk on the backend's lanes, with at most
+    the device, each through contract.chunks.run_chunk on the backend's lanes, with at most
     `in_flight` chunks under way, as runtime/session.py does. `kernels` is shared by every stream
     of one measurement: its CUDA graphs and compiled code stay warm."""
     stats = StageStats()
@@ -184,7 +184,7 @@ class Resolution:
 
 
 def make_resolution(torch, s: Settings, model, text: str, device) -> Resolution:
-    from swiftvr.sizes import frame_geometry
+    from contract.sizes import frame_geometry
     output = parse_size(text)
     inputs = (round(output[0] / s.scale), round(output[1] / s.scale))
     geom = frame_geometry(inputs, output)

@@ -5,7 +5,7 @@ Every function reads the report dict that runtime/bench/ladder.py fills (nothing
 import json
 from pathlib import Path
 
-from engines.cache import atomic_write
+from contract.files import atomic_write
 
 PAPER_H100 = {  # SwiftVR paper, one H100, PyTorch bf16, 24-frame chunks, stages sequential
     "1080p": {"encode_ms": 25.67, "dit_ms": 327.72, "decode_ms": 85.37, "fps": 54.42, "memory_gb": 29.26},

@@ -135,9 +135,9 @@ def restore_remote(model: RemoteModel, reader, writer, *, resize=False, stop=Non
     """restore_video through a served stream: read, push (up to `in_flight` pushes on the wire),
     write in order. Same endings as restore_video: damaged input keeps what was read."""
     from tqdm import tqdm
-    from ..resize import resize_frames
+    from video.resize import resize_frames
     from ..restore_video import RunResult
-    from ..video import VideoError
+    from video import VideoError
 
     stream, result, spec = model.stream, RunResult(), model.spec
     stop = stop or threading.Event()

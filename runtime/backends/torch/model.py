@@ -83,7 +83,7 @@ class TorchModel(LoadedModel):
         loading `source` (runtime/bench/ shares one across runs). Its modules are changed in place
         to match `options`, so it must not serve another TorchModel with other options at once."""
         torch = import_torch()
-        from swiftvr.sizes import frame_geometry
+        from contract.sizes import frame_geometry
 
         self.torch = torch
         if device is None:

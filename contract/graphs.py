@@ -1,11 +1,11 @@
-"""The graph contract between export/ (writes it), engines/ (bundles it) and runtime/ (runs it).
+"""The graph contract between export/ (writes it), calibration/ (keeps it), engines/ (bundles it) and
+runtime/ (runs it).
 
 Every stage reads and writes export.json's `graphs` and `state`, and the bundle manifest's copy of
 them (its `engines` list and `state`), through this module and nothing else: one parser, one set
 of checks, one way to chain the DiT parts. The format is docs/export-format.md.
 
-Standard library only: the runtime imports it without torch, onnx or numpy (export/__init__.py
-imports nothing).
+Standard library only: the runtime imports it without torch, onnx or numpy.
 
     meta, contract = read_export_json("exports/tiny")      # checked; ContractError says what is wrong
     contract.chain(7)                                       # the DiT parts the runtime runs for F = 7

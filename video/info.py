@@ -13,7 +13,7 @@ from pathlib import Path
 
 from av.video.reformatter import ColorPrimaries, ColorTrc, Colorspace
 
-from swiftvr.sizes import parse_size  # noqa: F401  (one size syntax for the whole project)
+from contract.sizes import parse_size  # noqa: F401  (one size syntax for the whole project)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -1,7 +1,7 @@
 """The bundle: one file per resolution and GPU target, holding every engine and what runs them.
 
 Layout: an uncompressed POSIX (pax) tar archive.
-    manifest.json      first member: what the bundle is (see engines/make_bundle.py for its fields),
+    manifest.json      first member: what the bundle is (engines/make_bundle.py writes its fields),
                        with "format", "format_version" and "members" {name: {size, sha256}}
     manifest.sha256    sha256 of manifest.json, in `sha256sum` format
     encoder.engine, dit.engine | dit.0.engine ..., decoder.engine   (cpu: the .onnx files + data)
@@ -15,7 +15,6 @@ nothing behind and never a half bundle under the real name.
 Standard library only: the runtime imports this module and should not need onnx or TensorRT to
 read a manifest.
 """
-import contextlib
 import hashlib
 import io
 import json
@@ -26,24 +25,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import _CHUNK, atomic_file, sha256_file
+
 FORMAT = "swiftvr-bundle"
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 MANIFEST_SHA = "manifest.sha256"
-_CHUNK = 1 << 24
 
 
 class BundleError(ValueError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _HashingReader:
@@ -96,27 +88,6 @@ def write_bundle(path, manifest: dict, members: list[tuple]) -> dict:
                     raise BundleError(f"{src} does not have the sha256 it was given (changed while "
                                       f"being bundled?)")
     return manifest
-
-
-def temp_path(path: Path, pid: int) -> Path:
-    """Where process `pid` writes `path` before renaming it into place."""
-    return path.with_name(f".{path.name}.tmp-{pid}")
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary file written under a temporary name and renamed to `path` once complete and synced:
-    all or nothing (the temporary file goes if anything fails)."""
-    tmp = temp_path(path, os.getpid())
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _parse_manifest(path: Path, manifest_bytes: bytes, sha_line: bytes) -> dict:

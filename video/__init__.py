@@ -1,4 +1,5 @@
-"""Video input and output for the streaming runtime.
+"""Video input and output: a leaf package (it imports no stage) shared by runtime/ (streams, batches)
+and calibration/ (calibration clips, quality reports).
 
 The runtime runs a reader thread and a writer thread around the two classes here:
 
@@ -12,7 +13,8 @@ The runtime runs a reader thread and a writer thread around the two classes here
 Only numpy, PyAV (FFmpeg bindings) and the standard library are used, so this package
 imports without torch. info.py: what a source is (VideoInfo, rates); reader.py: VideoReader;
 writer.py: VideoWriter, with encoders.py (encoder, pixel format, time base) and audio.py
-(packets from reader to writer); target.py: what an output may overwrite.
+(packets from reader to writer); target.py: what an output may overwrite; resize.py: fitting
+frames to the size a model takes (the one resize of the project).
 
 Sources: a video file, an image sequence (a directory, or a printf pattern such as
 frames/%05d.png), "-" for raw RGB24 frames on stdin, or any URL FFmpeg can open
