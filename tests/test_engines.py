@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from engines import build as build_module
-from engines import bundle as bundle_module
+from contract import bundle as bundle_module
 from engines.build import BuildError
 from contract.bundle import BundleError, open_bundle, read_manifest, write_bundle
 from engines.export_folder import read_export
