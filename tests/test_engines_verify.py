@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from engines import verify as verify_module
 from engines.make_bundle import make_bundle
 from engines.synthetic import SyntheticConfig, write_synthetic_export
-from engines.verify import CannotRun, main, tolerance_kind, verify
+from engines.verify import CannotRun, main, tolerance_kind, verify_bundle
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_tolerance_kinds():
 
 def test_cpu_bundle_passes_against_its_export(cpu_bundle, export, capsys):
     """The export found by its export.json hash where `make engine` keeps exports; every graph called."""
-    assert verify(cpu_bundle, search=export.parent)
+    assert verify_bundle(cpu_bundle, search=export.parent)
     out = capsys.readouterr().out
     rows = report_rows(out)
     assert set(rows) == {"graph", "encoder", "dit.0", "dit.1", "decoder", "end to end"}
@@ -72,7 +72,7 @@ def test_perturbed_graph_fails_where_it_is(cpu_bundle, export, tmp_path, capsys)
 
 def test_cannot_run_without_export_or_arguments(cpu_bundle, tmp_path, capsys):
     with pytest.raises(CannotRun, match="give it with --export DIR"):
-        verify(cpu_bundle, search=tmp_path)
+        verify_bundle(cpu_bundle, search=tmp_path)
     assert main([]) == 2
     assert main([str(tmp_path / "missing.plan")]) == 2
     assert "missing.plan" in capsys.readouterr().err
