@@ -199,7 +199,9 @@ def use_gpu(device: int):
                         f"installed here ({e}). Install it: {CUDART_INSTALL}") from None
     status = cudart.handle.cudaSetDevice(ctypes.c_int(device))
     if status != 0:
-        raise CannotRun(f"the CUDA runtime cannot use GPU {device} (cudaSetDevice: CUDA error {status})")
+        cudart.handle.cudaGetErrorString.restype = ctypes.c_char_p
+        raise CannotRun(f"the CUDA runtime cannot use GPU {device}: cudaSetDevice: "
+                        f"{cudart.handle.cudaGetErrorString(status).decode()} (CUDA error {status})")
     return cudart
 
 
@@ -291,6 +293,7 @@ def verify_bundle(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, 
             where = "ONNX Runtime (CPU)"
         else:
             where = check_gpu(manifest, device)
+            use_gpu(device)          # now, not after the reference's stream: CannotRun says what to install
         export = find_export(manifest, export_dir, search)
         engines = [e["name"] for e in manifest["engines"]]
         specs = {spec.name: spec for spec in export.graphs}
