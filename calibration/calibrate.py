@@ -34,7 +34,7 @@ from .quality import FIDELITY_NOTE, combine, compare_frames
 from .ranges import write_ranges
 from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
-from .stream import StreamGraphs, record_feeds, restore
+from .stream import record_feeds, restore, stream_chain
 from contract.files import sha256_file
 
 from .video import CalibrationError, check_length, read_clip
@@ -181,15 +181,15 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         return files
 
     def stream_psnr(files: dict, clips, refs) -> dict:
-        graphs = StreamGraphs(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
-        return combine([compare_frames(restore(graphs, c.frames), r) for c, r in zip(clips, refs)])
+        chain = stream_chain(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
+        return combine([compare_frames(restore(chain, meta, c.frames), r) for c, r in zip(clips, refs)])
 
     # Sensitivity trials stream one short clip: the first FIRST+MIDDLE+LAST frames of the first
     # calibration clip (every graph called, state carried); one stream per group keeps this cheap
     # where ONNX Runtime only emulates the precision (FP8: dequantize + float op).
     trial_frames = min(len(calib[0].frames), 2 * meta["chunk"]["clip_len"] + 5)
     trial = [replace(calib[0], frames=calib[0].frames[:trial_frames])]
-    trial_ref = [restore(StreamGraphs(export_dir, meta, float_files), trial[0].frames)]
+    trial_ref = [restore(stream_chain(export_dir, meta, float_files), meta, trial[0].frames)]
     decisions = []
     present = [g for g in CANDIDATES if any(g in groups[f] for f in entries)]
     for g in present:
@@ -283,11 +283,11 @@ def held_out_quality(export_dir: Path, meta: dict, entries: dict, float_files: d
     fp8 = precision == "fp8"      # FP8 Q/DQ graphs run at ORT's basic level (calibration/stream.py)
 
     def stream_psnr(files: dict, refs) -> dict:
-        graphs = StreamGraphs(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
-        return combine([compare_frames(restore(graphs, c.frames), r) for c, r in zip(held, refs)])
+        chain = stream_chain(export_dir, meta, {**float_files, **files}, basic_optimizations=fp8)
+        return combine([compare_frames(restore(chain, meta, c.frames), r) for c, r in zip(held, refs)])
 
     log(f"quality on {len(held)} held-out clip(s) ...")
-    refs = [restore(StreamGraphs(export_dir, meta, float_files), c.frames) for c in held]
+    refs = [restore(stream_chain(export_dir, meta, float_files), meta, c.frames) for c in held]
     runs = {"end_to_end": stream_psnr(final, refs)}
     for stage in ("encoder", "dit", "decoder"):
         files = {f: p for f, p in final.items() if entries[f].role == stage}

@@ -16,7 +16,7 @@ U8S8 1.8x at 39.1 dB: most activations follow a ReLU, so a symmetric int8 range 
 levels on values that never occur, and on AVX2 CPUs without VNNI MLAS's fast integer path is U8S8.
 
 ONNX Runtime's quantizer works on float32 graphs. A bf16 export is widened to float32 for it
-(export.verify.widen_bf16) and narrowed back afterwards: every tensor that was bf16 in the export
+(contract/onnxruntime.py widen_bf16) and narrowed back afterwards: every tensor that was bf16 in the export
 is bf16 again, and each scale takes the dtype of the tensor it quantizes.
 """
 import contextlib
@@ -86,7 +86,7 @@ def working_model(path: Path, work: Path, precision: str) -> Path:
     """The float32 graph ONNX Runtime's quantizer and sessions take: the file itself, or widened."""
     if precision != "bf16":
         return path
-    from export.verify import widen_bf16
+    from contract.onnxruntime import widen_bf16
     out = work / path.name
     if not out.exists():
         model = widen_bf16(onnx.load(str(path)))

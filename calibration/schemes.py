@@ -53,10 +53,10 @@ def time_calls(session, feeds: list[dict], repeats: int) -> tuple[list, float]:
     return outputs, statistics.median(times)
 
 
-def compare(export_dir: Path, videos: list, holdout: list, graph: str, schemes: list[str], max_frames: int | None,
+def compare_schemes(export_dir: Path, videos: list, holdout: list, graph: str, schemes: list[str], max_frames: int | None,
             repeats: int, threads: int | None = None) -> list[dict]:
     import onnxruntime as ort
-    from contract.onnxruntime import session_options
+    from contract.onnxruntime import graph_session, session_options
     meta, contract = read_export_json(export_dir)
     if meta.get("quantization") or meta["precision"] != "fp32":
         raise CalibrationError(f"{export_dir}: compare schemes on an unquantized fp32 export")
@@ -74,7 +74,7 @@ def compare(export_dir: Path, videos: list, holdout: list, graph: str, schemes: 
     nodes += glue_nodes(onnx.load(str(export_dir / graph), load_external_data=False), entries[graph].role)
 
     def session(path):
-        return ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
+        return graph_session(path, session_options(ort, threads), ["CPUExecutionProvider"])
 
     reference, float_s = time_calls(session(export_dir / graph), held_feeds, repeats)
     rows = [{"scheme": "float32", "layers": 0, "s_per_call": round(float_s, 4), "speedup": 1.0, "closeness_db": None}]
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the rows here")
     a = p.parse_args(argv)
     try:
-        rows = compare(Path(a.export), a.video, a.holdout, a.graph, a.schemes, a.max_frames, a.repeats, a.threads)
+        rows = compare_schemes(Path(a.export), a.video, a.holdout, a.graph, a.schemes, a.max_frames, a.repeats, a.threads)
     except (CalibrationError, ContractError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,21 @@
 """ONNX Runtime sessions, made one way for every stage that runs the graphs (export.verify, calibration,
-engines.verify's reference, the runtime's backend).
+engines.verify's reference and cpu-bundle runs, the runtime's backend), and the runner that executes a
+contract's graphs in them on numpy arrays (contract/chain.py's GraphRunner).
 
-onnxruntime is imported only when a session is made: reading a contract needs no ONNX Runtime.
+    sessions = export_sessions(folder, contract, widen=precision == "bf16")
+    chain = GraphChain(contract, SessionRunner(sessions))
+
+onnxruntime (and onnx, to widen bf16 graphs) are imported only when a session is made: reading a
+contract needs neither.
 """
+from pathlib import Path
+
+from .chain import HostArrays, host_feeds
+
+
+def _ort():
+    import onnxruntime
+    return onnxruntime
 
 
 def session_options(ort, threads: int | None = None, basic_optimizations: bool = False):
@@ -27,3 +40,82 @@ def session_options(ort, threads: int | None = None, basic_optimizations: bool =
 # QuantizeLinear a uint8 zero point with output_dtype int8: session creation fails for INT8 graphs
 # from python -m calibration (ReAE states are such outputs). No effect on graphs without Q/DQ.
 QDQ_BROKEN_OPTIMIZERS = "QDQPropagationTransformer"
+
+
+def widen_bf16(model):
+    """The same onnx.ModelProto with every bf16 tensor (initializers, constants, casts, I/O) made
+    float32, in place. ONNX Runtime's CPU kernels have no bf16 (Conv, MatMul, ...), and its quantizer
+    works on float32: the widened graph has the bf16-rounded weights and constants, float32 math."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+
+    def widen_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+        if t.data_type != bf16:
+            return t
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+
+    graph = model.graph
+    for i, t in enumerate(graph.initializer):
+        graph.initializer[i].CopyFrom(widen_tensor(t))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == bf16:
+                attr.i = f32
+            if attr.type == onnx.AttributeProto.TENSOR:
+                attr.t.CopyFrom(widen_tensor(attr.t))
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.tensor_type.elem_type == bf16:
+            value.type.tensor_type.elem_type = f32
+    return model
+
+
+def graph_session(path, options, providers, widen: bool = False):
+    """An InferenceSession of the graph file `path` (its external data beside it). widen: run it
+    with every bf16 tensor widened to float32 (widen_bf16)."""
+    if widen:
+        import onnx
+        return _ort().InferenceSession(widen_bf16(onnx.load(str(path))).SerializeToString(), options,
+                                       providers=providers)
+    return _ort().InferenceSession(str(path), options, providers=providers)
+
+
+def export_sessions(folder, contract, *, widen: bool = False, files: dict | None = None, threads: int | None = None,
+                    basic_optimizations: bool = False, providers=("CPUExecutionProvider",)) -> dict:
+    """{graph name: InferenceSession} for every graph of an export folder's contract. files:
+    {export.json file name: the file to run instead} (calibration's quantized or widened graphs)."""
+    options = session_options(_ort(), threads, basic_optimizations)
+    return {g.name: graph_session((files or {}).get(g.file, Path(folder) / g.file), options, list(providers), widen)
+            for g in contract.graphs()}
+
+
+def bundle_session(bundle, member: str, files: list, options, providers):
+    """An InferenceSession of a cpu bundle's graph `member` (a contract.bundle.Bundle, open): the
+    graph and its external data (`files` besides the member) go to ONNX Runtime from the mapped
+    bundle, nothing is unpacked to disk. `options` takes the external data: one per session."""
+    data = [f for f in files if f != member]
+    views = [bundle.view(f) for f in data]
+    if data:
+        options.add_external_initializers_from_files_in_memory(data, views, [len(v) for v in views])
+    session = _ort().InferenceSession(bundle.read(member), options, providers=providers)
+    for view in views:           # ONNX Runtime has copied the weights; the bundle may be closed now
+        view.release()
+    return session
+
+
+class SessionRunner(HostArrays):
+    """contract.chain.GraphRunner over InferenceSessions by graph name, on numpy arrays: each input
+    given in its graph's dtype (bf16 graphs run widened, so float32). record_feeds: keep every call's
+    input feeds in `feeds`, per graph name, in call order (calibration's data)."""
+
+    def __init__(self, sessions: dict, record_feeds: bool = False):
+        self.sessions = sessions
+        self.feeds = {name: [] for name in sessions} if record_feeds else None
+
+    def run(self, graph, inputs: dict) -> dict:
+        feeds = host_feeds(graph, inputs)
+        if self.feeds is not None:
+            self.feeds[graph.name].append(feeds)
+        names = graph.output_names
+        return dict(zip(names, self.sessions[graph.name].run(names, feeds)))

@@ -8,9 +8,13 @@ chunk protocol) with the encoder and decoder states carried from chunk to chunk:
     inputs (the reference's latents and states), so errors do not add up from graph to graph;
   * end to end: the engines run the whole stream on their own (their own latents and states) and
     the frames are compared.
-Runners and comparison are Polygraphy's (OnnxrtRunner; TrtRunner over EngineFromBytes;
-Comparator.compare_accuracy with SimpleCompareFunc on the maximum absolute error). Tolerances per
-precision are export.verify.TOLERANCES, the ones of the README's correctness ladder.
+The runners are Polygraphy's (OnnxrtRunner over contract/onnxruntime.py's sessions; TrtRunner over
+EngineFromBytes, on GPU --device), each driven through contract/chain.py's GraphChain as the runtime
+drives its engines. Errors are export.verify.compare_arrays' maximum absolute differences, held to
+export.verify.TOLERANCES for the bundle's precision (the README's correctness ladder).
+
+TrtRunner loads the CUDA runtime library (libcudart.so) itself: pip's nvidia-cuda-runtime provides it
+(CUDA 13: site-packages/nvidia/cu13/lib, which this command adds to Polygraphy's search).
 
 Exit status: 0 every tolerance holds, 1 a tolerance is exceeded, 2 it cannot run here (usage, no GPU,
 a missing package, no export folder).
@@ -20,12 +24,17 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from contract.bundle import BundleError, open_bundle
+from contract.chain import GraphChain, HostArrays, host_feeds, run_stream
+from contract.graphs import contract_from_manifest
+from contract.onnxruntime import bundle_session, graph_session, session_options
+from export.verify import compare_arrays
 from engines.export_folder import graph_sha256, read_export
 from engines.flavours import INSTALL_HINTS, MODULES
 
@@ -100,37 +109,23 @@ def check_gpu(manifest: dict, device: int = 0) -> str:
 
 # ---- runners -------------------------------------------------------------------------------------
 
-def _ort():
+def reference_providers(device: int) -> list:
+    """ONNX Runtime's providers for the reference: CUDA on GPU `device` when onnxruntime-gpu is there
+    (a large DiT takes minutes per call on a CPU), then the CPU."""
     import onnxruntime
-    return onnxruntime
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return ([("CUDAExecutionProvider", {"device_id": device})] if cuda else []) + ["CPUExecutionProvider"]
 
 
-def _session_options():
-    options = _ort().SessionOptions()
-    options.log_severity_level = 3
-    return options
-
-
-def _providers() -> list:
-    # The reference runs on CUDA when onnxruntime-gpu is there: a large DiT takes minutes per call on a CPU.
-    available = _ort().get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
-
-
-def reference_runners(export, precision: str) -> dict:
+def reference_runners(export, precision: str, device: int = 0) -> dict:
     """Polygraphy OnnxrtRunners over the export's graphs, by graph name. A bf16 graph runs with every
     bf16 tensor widened to float32: ONNX Runtime has no bf16 kernels (as export.verify does)."""
+    import onnxruntime
     from polygraphy.backend.onnxrt import OnnxrtRunner
+    providers = reference_providers(device)
 
-    def session(path: Path):
-        def make():
-            if precision == "bf16":
-                import onnx
-                from export.verify import widen_bf16
-                model = widen_bf16(onnx.load(str(path))).SerializeToString()
-                return _ort().InferenceSession(model, _session_options(), providers=_providers())
-            return _ort().InferenceSession(str(path), _session_options(), providers=_providers())
-        return make
+    def session(path: Path):      # made when the runner is activated
+        return functools.partial(graph_session, path, session_options(onnxruntime), providers, precision == "bf16")
     return {spec.name: OnnxrtRunner(session(spec.path), name=f"{REFERENCE}:{spec.name}") for spec in export.graphs}
 
 
@@ -140,20 +135,12 @@ def bundle_runners(bundle) -> dict:
     manifest = bundle.manifest
     flavour = manifest["target"]["flavour"]
     if flavour == "onnx":
+        import onnxruntime
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
-        def session(entry):
-            def make():
-                options = _session_options()
-                data = [f for f in entry["files"] if f != entry["member"]]
-                views = [bundle.view(f) for f in data]
-                if data:
-                    options.add_external_initializers_from_files_in_memory(data, views, [len(v) for v in views])
-                made = _ort().InferenceSession(bundle.read(entry["member"]), options, providers=["CPUExecutionProvider"])
-                for view in views:   # ONNX Runtime has copied the weights
-                    view.release()
-                return made
-            return make
+        def session(entry):       # made when the runner is activated; the options take its external data
+            return lambda: bundle_session(bundle, entry["member"], entry["files"], session_options(onnxruntime),
+                                          ["CPUExecutionProvider"])
         return {e["name"]: OnnxrtRunner(session(e), name=f"bundle:{e['name']}") for e in manifest["engines"]}
 
     import polygraphy.config
@@ -177,58 +164,76 @@ def bundle_runners(bundle) -> dict:
                                  name=f"{flavour}:{e['name']}") for e in manifest["engines"]}
 
 
-# ---- a stream through one set of runners ----------------------------------------------------------
+# Polygraphy's TrtRunner allocates, copies and makes streams with the CUDA runtime library it loads
+# itself (ctypes, libcudart.so*) from LD_LIBRARY_PATH, /usr/local/cuda/lib64, /usr/lib, /lib and
+# site-packages/nvidia/cuda_runtime/lib (the CUDA 12 wheel's folder). tensorrt-rtx and cuda-python
+# link theirs statically and ship none; the CUDA 13 wheel puts it in site-packages/nvidia/cu13/lib.
+CUDART_INSTALL = ('pip install "nvidia-cuda-runtime==13.*"   (CUDA 13, as tensorrt-rtx\'s cu13 build; for a CUDA 12 '
+                  'TensorRT: pip install nvidia-cuda-runtime-cu12), or put the folder of libcudart.so on '
+                  'LD_LIBRARY_PATH')
 
-class Chain:
-    """The bundle's graphs as export.verify.run_stream drives them, each call through a Polygraphy
-    runner. Values between calls are numpy in the graph's dtype (bf16 carried as float32); `record`
-    keeps every call's (graph, inputs, outputs)."""
 
-    def __init__(self, manifest: dict, runners: dict, record: bool = False, bf16_as_torch: bool = False):
-        from contract.graphs import contract_from_manifest
-        self.manifest, self.runners, self.bf16_as_torch = manifest, runners, bf16_as_torch
-        self.engines = {e["name"]: e for e in manifest["engines"]}
-        self.contract = contract_from_manifest(manifest, "the bundle manifest")
+def wheel_cudart_dirs() -> list[str]:
+    """The site-packages/nvidia/cu<N>/lib folders holding libcudart (CUDA 13 and later wheels), newest first."""
+    found = []
+    for base in filter(None, sys.path):
+        for lib in sorted(Path(base).glob("nvidia/cu*/lib/libcudart.so*"), reverse=True):
+            if str(lib.parent) not in found:
+                found.append(str(lib.parent))
+    return found
+
+
+def use_gpu(device: int):
+    """Polygraphy's CUDA runtime, loaded and current on GPU `device`: the TrtRunners activated after
+    this (same thread) deserialize, allocate and run their engines there. CannotRun when the library
+    is missing (saying what to install) or the GPU cannot be used."""
+    searched = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    extra = [d for d in wheel_cudart_dirs() if d not in searched]
+    if extra:   # read by Polygraphy when it first loads the library, below
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in searched if p] + extra)
+    from polygraphy import cuda
+    try:
+        cudart = cuda.wrapper()
+    except OSError as e:
+        raise CannotRun(f"Polygraphy's TrtRunner needs the CUDA runtime library libcudart.so, which is not "
+                        f"installed here ({e}). Install it: {CUDART_INSTALL}") from None
+    status = cudart.handle.cudaSetDevice(ctypes.c_int(device))
+    if status != 0:
+        cudart.handle.cudaGetErrorString.restype = ctypes.c_char_p
+        raise CannotRun(f"the CUDA runtime cannot use GPU {device}: cudaSetDevice: "
+                        f"{cudart.handle.cudaGetErrorString(status).decode()} (CUDA error {status})")
+    return cudart
+
+
+def activate(runners: dict, stack: contextlib.ExitStack, gpu: int | None = None) -> None:
+    """Activate every runner until `stack` closes. gpu: the device TrtRunners must run on (None: none)."""
+    if gpu is not None:
+        use_gpu(gpu)
+    for runner in runners.values():
+        stack.enter_context(runner)
+
+
+class RunnerGraphs(HostArrays):
+    """contract.chain's GraphRunner over active Polygraphy runners, by graph name. Values are numpy in
+    the graph's dtype (bf16 carried as float32; bf16_as_torch: given to the runner as torch bf16
+    tensors, as TrtRunner takes them). record: keep every call's (graph, inputs, outputs) in `calls`."""
+
+    def __init__(self, runners: dict, record: bool = False, bf16_as_torch: bool = False):
+        self.runners, self.bf16_as_torch = runners, bf16_as_torch
         self.calls = [] if record else None
 
-    @staticmethod
-    def numpy_dtype(dtype: str):
-        return np.float32 if dtype == "bfloat16" else np.dtype(dtype)
-
-    def call(self, name: str, values: dict) -> dict:
-        entry, runner = self.engines[name], self.runners[name]
-        feeds = {t["name"]: np.ascontiguousarray(values[t["name"]], self.numpy_dtype(t["dtype"])) for t in entry["inputs"]}
-        wanted = [t["name"] for t in entry["outputs"]]
-        given = _bf16_as_torch(feeds, entry) if self.bf16_as_torch else feeds
-        outputs = {k: _to_numpy(v) for k, v in runner.infer(given).items() if k in wanted}
+    def run(self, graph, inputs: dict) -> dict:
+        feeds = host_feeds(graph, inputs)
+        given = _bf16_as_torch(feeds, graph) if self.bf16_as_torch else feeds
+        outputs = {k: _to_numpy(v) for k, v in self.runners[graph.name].infer(given).items() if k in graph.output_names}
         if self.calls is not None:
-            self.calls.append((name, feeds, outputs))
+            self.calls.append((graph, feeds, outputs))
         return outputs
 
-    def zero_state(self, which: str) -> dict:
-        return {s.input: np.zeros(s.shape, self.numpy_dtype(s.dtype)) for s in self.contract.state[which]}
 
-    def _next_state(self, which: str, outputs: dict) -> dict:
-        return {s.input: outputs[s.output] for s in self.contract.state[which]}
-
-    def encode(self, frames, state):
-        out = self.call(self.contract.encoder.name, {"frames": frames, **state})
-        return out["latents"], self._next_state("encoder", out)
-
-    def dit(self, latents):
-        values = {"latents": latents}
-        for part in self.contract.chain(latents.shape[2]):
-            values.update(self.call(part.name, values))
-        return values["restored"], {k: v for k, v in values.items() if k.startswith("hidden")}
-
-    def decode(self, latents, state):
-        out = self.call(self.contract.decoder.name, {"latents": latents, **state})
-        return out["frames"], self._next_state("decoder", out)
-
-
-def _bf16_as_torch(feeds: dict, entry: dict) -> dict:
+def _bf16_as_torch(feeds: dict, graph) -> dict:
     """TrtRunner takes bf16 inputs as torch tensors (numpy has no bf16); the rest stays numpy."""
-    bf16 = {t["name"] for t in entry["inputs"] if t["dtype"] == "bfloat16"}
+    bf16 = {t.name for t in graph.inputs if t.dtype == "bfloat16"}
     if not bf16:
         return feeds
     import torch
@@ -236,10 +241,12 @@ def _bf16_as_torch(feeds: dict, entry: dict) -> dict:
 
 
 def _to_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):   # a torch tensor (bf16 outputs of TrtRunner)
+    """A numpy copy of a runner's output. TrtRunner keeps one host buffer per output name and returns
+    views of it (torch tensors when any input was one), so the next call overwrites what it gave."""
+    if hasattr(value, "detach"):   # a torch tensor
         value = value.detach().cpu()
-        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
-    return np.array(value, copy=True)   # TrtRunner reuses its output buffers
+        value = (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+    return np.array(value, copy=True)
 
 
 def synthetic_video(manifest: dict, chunks: int, seed: int) -> np.ndarray:
@@ -252,32 +259,23 @@ def synthetic_video(manifest: dict, chunks: int, seed: int) -> np.ndarray:
 
 # ---- comparison and report ------------------------------------------------------------------------
 
-def compare(reference: list[dict], candidate: list[dict], tolerances: dict, ref_name: str, cand_name: str):
-    """Polygraphy's comparison of two runs (lists of per-call output dicts): per output, the worst
-    max |difference| over the calls and whether each call held its tolerance."""
-    from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
-    results = RunResults()
-    results.append((ref_name, [IterationResult(o, runner_name=ref_name) for o in reference]))
-    results.append((cand_name, [IterationResult(o, runner_name=cand_name) for o in candidate]))
-    atol = {name: tolerances[tolerance_kind(name)] for name in reference[0]}
-    with np.errstate(invalid="ignore", divide="ignore"):   # relative errors of equal zeros: not used (rtol 0)
-        accuracy = Comparator.compare_accuracy(
-            results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max"))
-    worst = {}
-    for per_call in accuracy[0][(ref_name, cand_name)]:   # one AccuracyResult per compare function
-        for name, result in per_call.items():
-            err, ok = worst.get(name, (0.0, True))
-            worst[name] = (max(err, result.max_absdiff), ok and bool(result))
-    return {name: (err, atol[name], ok) for name, (err, ok) in worst.items()}
+def worst_per_output(reference: list[dict], candidate: list[dict], tolerances: dict) -> dict:
+    """Two runs of one graph (per-call output dicts) compared output by output, each call held to its
+    tolerance (export.verify.compare_arrays): {output: (worst max |difference|, tolerance, every call held)}."""
+    results = {}
+    for want, got in zip(reference, candidate):
+        for name in want:
+            results.setdefault(name, []).append(
+                compare_arrays(name, tolerance_kind(name), got.get(name), want[name], tolerances))
+    return {name: (max(r.max_err for r in rs), rs[0].tolerance, all(r.ok for r in rs)) for name, rs in results.items()}
 
 
-def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device: int = 0,
-           search=DEFAULT_EXPORTS) -> bool:
+def verify_bundle(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device: int = 0,
+                  search=DEFAULT_EXPORTS) -> bool:
     """Print the report; True when every tolerance holds. CannotRun when it cannot run here."""
-    from export.verify import TOLERANCES, run_stream
+    from export.verify import TOLERANCES
     from polygraphy.logger import G_LOGGER
-    # Our report, not Polygraphy's per-output log (its failures raise PolygraphyException anyway).
-    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL       # our report, not Polygraphy's log lines
 
     try:
         bundle = open_bundle(bundle_path)
@@ -288,20 +286,25 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
         target, precision = manifest["target"], manifest["precision"]
         if precision not in TOLERANCES:
             raise CannotRun(f"no tolerances for precision {precision!r} (known: {', '.join(TOLERANCES)})")
-        if target["flavour"] == "onnx":
+        on_gpu = target["flavour"] != "onnx"
+        if not on_gpu:
             if precision == "bf16":
                 raise CannotRun("a bf16 cpu bundle cannot run: ONNX Runtime has no bf16 kernels")
             where = "ONNX Runtime (CPU)"
         else:
             where = check_gpu(manifest, device)
+            use_gpu(device)          # now, not after the reference's stream: CannotRun says what to install
         export = find_export(manifest, export_dir, search)
         engines = [e["name"] for e in manifest["engines"]]
         specs = {spec.name: spec for spec in export.graphs}
         if sorted(specs) != sorted(engines):
             raise CannotRun(f"{export.path} has graphs {sorted(specs)}; the bundle has engines {sorted(engines)}")
         tolerances = TOLERANCES[precision]
+        contract = contract_from_manifest(manifest, "the bundle manifest")
         print(f"bundle {bundle.path}: {target['flavour']} for {target['gpu']}, {precision}, run on {where}")
-        print(f"reference: {export.path} in ONNX Runtime ({', '.join(_providers())})"
+        providers = [p if isinstance(p, str) else f"{p[0]} (device {p[1]['device_id']})"
+                     for p in reference_providers(device)]
+        print(f"reference: {export.path} in ONNX Runtime ({', '.join(providers)})"
               + (", bf16 widened to float32" if precision == "bf16" else ""))
         changed = [e["name"] for e in manifest["engines"] if graph_sha256(specs[e["name"]]) != e.get("graph_sha256")]
         if changed:
@@ -309,22 +312,20 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
 
         chunk = manifest["chunk"]
         video = synthetic_video(manifest, chunks, seed)
-        reference = Chain(manifest, reference_runners(export, precision), record=True)
+        reference = RunnerGraphs(reference_runners(export, precision, device), record=True)
         with contextlib.ExitStack() as active:
-            for runner in reference.runners.values():
-                active.enter_context(runner)
-            want, planned = run_stream(reference, video, chunk["clip_len"], chunk["dit_overlap"])
+            activate(reference.runners, active)
+            want, planned = run_stream(GraphChain(contract, reference), video, chunk["clip_len"], chunk["dit_overlap"])
 
-        candidate = Chain(manifest, bundle_runners(bundle), bf16_as_torch=target["flavour"] != "onnx")
+        candidate = RunnerGraphs(bundle_runners(bundle), bf16_as_torch=on_gpu)
         per_graph = {}
         with contextlib.ExitStack() as active:
-            for runner in candidate.runners.values():
-                active.enter_context(runner)
-            for name, feeds, outputs in reference.calls:
-                calls = per_graph.setdefault(name, ([], []))
+            activate(candidate.runners, active, device if on_gpu else None)
+            for graph, feeds, outputs in reference.calls:
+                calls = per_graph.setdefault(graph.name, ([], []))
                 calls[0].append(outputs)
-                calls[1].append(candidate.call(name, feeds))
-            got, _ = run_stream(candidate, video, chunk["clip_len"], chunk["dit_overlap"])
+                calls[1].append(candidate.run(graph, feeds))
+            got, _ = run_stream(GraphChain(contract, candidate), video, chunk["clip_len"], chunk["dit_overlap"])
 
     kinds = " ".join(c.kind for c in planned)
     print(f"stream: {len(video)} synthetic frames (seed {seed}), chunks {kinds}, states carried")
@@ -335,17 +336,17 @@ def verify(bundle_path, export_dir=None, chunks: int = 3, seed: int = 0, device:
             print(f"  {name:<18}{0:>6}  not called by this stream (more chunks, or another overlap, would)")
             continue
         reference_outputs, bundle_outputs = per_graph[name]
-        result = compare(reference_outputs, bundle_outputs, tolerances, REFERENCE, "bundle")
+        result = worst_per_output(reference_outputs, bundle_outputs, tolerances)
         output = max(result, key=lambda k: result[k][0] / result[k][1] if result[k][1] else result[k][0])
         ok = all(r[2] for r in result.values())
         failed += not ok
         err, tol, _ = result[output]
         print(f"  {name:<18}{len(reference_outputs):>6}  {output:<22}{err:>11.3g}{tol:>11.3g}  {'ok' if ok else 'FAIL'}")
-    end = compare([{"frames": want}], [{"frames": got}], tolerances, REFERENCE, "bundle")["frames"]
-    failed += not end[2]
+    end = compare_arrays("frames", "frames", got, want, tolerances)
+    failed += not end.ok
     differ = float(np.mean(got != want)) if got.shape == want.shape else 1.0
-    print(f"  {'end to end':<18}{len(planned):>6}  {'frames (own states)':<22}{end[0]:>11.3g}{end[1]:>11.3g}  "
-          f"{'ok' if end[2] else 'FAIL'}  {differ:.2%} of values differ")
+    print(f"  {'end to end':<18}{len(planned):>6}  {'frames (own states)':<22}{end.max_err:>11.3g}{end.tolerance:>11.3g}  "
+          f"{'ok' if end.ok else 'FAIL'}  {differ:.2%} of values differ")
     print("PASS" if not failed else f"FAIL: {failed} tolerance(s) exceeded")
     return not failed
 
@@ -365,8 +366,8 @@ def main(argv=None) -> int:
         return 0 if e.code == 0 else 2
     from polygraphy.exception import PolygraphyException
     try:
-        return 0 if verify(a.bundle, a.export, max(3, a.chunks), a.seed, a.device) else 1
-    except (CannotRun, FileNotFoundError, ValueError) as e:
+        return 0 if verify_bundle(a.bundle, a.export, max(3, a.chunks), a.seed, a.device) else 1
+    except (CannotRun, OSError, ValueError) as e:   # OSError: a file or library that cannot be read or loaded
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PolygraphyException as e:   # e.g. an engine this TensorRT cannot load

@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from contract.graphs import hidden_name
 from swiftvr.config import DiTConfig
 from swiftvr.geometry import is_shifted
 from swiftvr.transformer import Block, Conditioning, GridPlan, SwiftVRTransformer, run_blocks
@@ -44,11 +45,6 @@ def part_ranges(num_layers: int, parts: int) -> list[tuple[int, int]]:
         ranges.append((start, end))
         start = end
     return ranges
-
-
-def hidden_name(block: int) -> str:
-    """The tokens entering `block` (the name a part boundary carries)."""
-    return f"hidden.{block}"
 
 
 def compute_conditioning(cfg: DiTConfig, embedder_tensors: dict, prompt: torch.Tensor) -> Conditioning:

@@ -120,13 +120,14 @@ def rename_dims(model: ir.Model, dim_names: dict[tuple[str, int], str]) -> None:
         value.shape = ir.Shape(dims)
 
 
-def weight_bytes(model: ir.Model) -> int:
+def initializer_bytes(model: ir.Model) -> int:
+    """Bytes of the weights held in memory (what decides between one file and external data)."""
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
 def save(model: ir.Model, path: Path) -> list[Path]:
     """Writes the graph; returns the files written (the .onnx, then its external data if any)."""
-    if weight_bytes(model) > EXTERNAL_DATA_BYTES:
+    if initializer_bytes(model) > EXTERNAL_DATA_BYTES:
         data = path.with_name(path.name + ".data")
         ir.save(model, path, external_data=data.name)
         return [path, data]
@@ -149,10 +150,3 @@ def describe_io(model: ir.Model) -> tuple[list[dict], list[dict]]:
         shape = [d if isinstance(d, int) else str(d) for d in value.shape]
         return {"name": value.name, "shape": shape, "dtype": NUMPY_NAMES[value.dtype]}
     return [entry(v) for v in model.graph.inputs], [entry(v) for v in model.graph.outputs]
-
-
-def op_counts(model: ir.Model) -> dict[str, int]:
-    counts = {}
-    for node in model.graph.all_nodes():
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts

@@ -9,6 +9,8 @@
      graph (and every part boundary `hidden.<b>`), decoder (1 and clip_len/4+1 latents);
    * a stream of at least 4 chunks (first, middle, middle, last) with state carried chunk to chunk,
      run as contract.chunks.ChunkPlanner plans it, against swiftvr.pipeline.Restorer (protocol "full").
+   The graphs run as every stage runs them: contract/chain.py's GraphChain (and its run_stream) over
+   contract/onnxruntime.py's sessions.
    ONNX Runtime's CPU kernels have no bf16 (Conv, MatMul, ...): a bf16 graph runs with every bf16
    tensor widened to float32, which checks its wiring and its bf16-rounded weights and constants
    but not bf16 arithmetic; the output says so. fp32 and fp16 graphs run as they are.
@@ -21,9 +23,10 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from contract.graphs import ContractError, contract_from_json, read_export_json
+from contract.chain import GraphChain, host_dtype, run_stream
+from contract.graphs import LATENTS, ContractError, contract_from_json, read_export_json
+from contract.onnxruntime import SessionRunner, export_sessions
 from .onnx_graph import CONTROL_FLOW
 from .settings import OPSET, ExportError
 
@@ -59,7 +62,8 @@ class Result:
         return self.max_err <= self.tolerance
 
 
-def compare(name: str, kind: str, actual, expected, tolerances: dict, note: str = "") -> Result:
+def compare_arrays(name: str, kind: str, actual, expected, tolerances: dict, note: str = "") -> Result:
+    """Max and mean |actual - expected| (in float64), held to tolerances[kind]; a shape mismatch fails."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if actual.shape != expected.shape:
         return Result(name, kind, float("inf"), float("inf"), tolerances[kind],
@@ -74,12 +78,6 @@ def compare(name: str, kind: str, actual, expected, tolerances: dict, note: str 
 def graph_entries(meta: dict) -> list[tuple[str, dict]]:
     """(role, entry) for every graph: encoder, the DiT parts of every latent count, decoder."""
     return [(g.role, g.to_json()) for g in contract_from_json(meta, "export.json").graphs()]
-
-
-def dit_chain(meta: dict, frames: int) -> list[dict]:
-    """The export.json entries of the DiT parts that take `frames` latent frames (a static chain, or
-    the dynamic one whose range covers it)."""
-    return [p.to_json() for p in contract_from_json(meta, "export.json").chain(frames)]
 
 
 def check_structure(folder: Path, meta: dict) -> list[str]:
@@ -155,122 +153,12 @@ def _weight_bytes_by_type(model: onnx.ModelProto) -> dict:
 
 # ---- ONNX Runtime -------------------------------------------------------------------------------
 
-def widen_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph with every bf16 tensor (initializers, constants, casts, I/O) made float32."""
-    bf16, f32 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
-
-    def widen_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
-        if t.data_type != bf16:
-            return t
-        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
-
-    graph = model.graph
-    for i, t in enumerate(graph.initializer):
-        graph.initializer[i].CopyFrom(widen_tensor(t))
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.name == "to" and attr.i == bf16:
-                attr.i = f32
-            if attr.type == onnx.AttributeProto.TENSOR:
-                attr.t.CopyFrom(widen_tensor(attr.t))
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if value.type.tensor_type.elem_type == bf16:
-            value.type.tensor_type.elem_type = f32
-    return model
-
-
-class OrtGraphs:
-    """The export's graphs in ONNX Runtime sessions, run by tensor name."""
-
-    def __init__(self, folder: Path, meta: dict):
-        import onnxruntime as ort
-        self.meta, self.widened = meta, False
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.sessions = {}
-        for _, entry in graph_entries(meta):
-            path = folder / entry["file"]
-            if meta["precision"] == "bf16":
-                # No bf16 kernels in ONNX Runtime's CPU provider: run the widened graph instead.
-                model = widen_bf16(onnx.load(str(path)))
-                self.sessions[entry["file"]] = ort.InferenceSession(model.SerializeToString(), options,
-                                                                    providers=["CPUExecutionProvider"])
-                self.widened = True
-            else:
-                self.sessions[entry["file"]] = ort.InferenceSession(str(path), options,
-                                                                    providers=["CPUExecutionProvider"])
-        self.float = np.float32 if meta["precision"] in ("fp32", "bf16") else np.float16
-
-    def run(self, entry: dict, values: dict) -> dict:
-        session = self.sessions[entry["file"]]
-        feeds = {}
-        for t in entry["inputs"]:
-            x = np.asarray(values[t["name"]])
-            feeds[t["name"]] = x if x.dtype == np.uint8 else x.astype(self.float)
-        names = [t["name"] for t in entry["outputs"]]
-        return dict(zip(names, session.run(names, feeds)))
-
-    def encode(self, frames: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
-        out = self.run(self.meta["graphs"]["encoder"], {"frames": frames, **state})
-        return out["latents"], _next_state(self.meta["state"]["encoder"], out)
-
-    def dit(self, latents: np.ndarray) -> tuple[np.ndarray, dict]:
-        """restored, and every part boundary `hidden.<b>`."""
-        values = {"latents": latents}
-        for part in dit_chain(self.meta, latents.shape[2]):
-            values.update(self.run(part, values))
-        return values["restored"], {k: v for k, v in values.items() if k.startswith("hidden.")}
-
-    def decode(self, latents: np.ndarray, state: dict) -> tuple[np.ndarray, dict]:
-        out = self.run(self.meta["graphs"]["decoder"], {"latents": latents, **state})
-        return out["frames"], _next_state(self.meta["state"]["decoder"], out)
-
-    def zero_state(self, which: str) -> dict:
-        return {s["input"]: np.zeros(s["shape"], self.float) for s in self.meta["state"][which]}
-
-
-def _next_state(pairs: list[dict], outputs: dict) -> dict:
-    return {s["input"]: outputs[s["output"]] for s in pairs}
-
-
-class NumpyChunkOps:
-    """contract.chunks.ChunkOps on numpy arrays, running the ONNX graphs."""
-
-    def __init__(self, graphs: OrtGraphs):
-        self.graphs = graphs
-
-    def encode(self, frames, state):
-        return self.graphs.encode(frames, state)
-
-    def dit(self, latents, chunk):
-        return self.graphs.dit(latents)[0]
-
-    def decode(self, latents, state):
-        return self.graphs.decode(latents, state)
-
-    def emit(self, frames, start: int, count: int):
-        return frames[start:start + count]
-
-    def concat(self, a, b, stage: str):
-        return np.concatenate([a, b], axis=2)
-
-    def take_last(self, x, n: int, stage: str):
-        return x[:, :, -n:]
-
-    def zeros(self, like, n: int, stage: str):
-        return np.zeros_like(like[:, :, :1]).repeat(n, axis=2)
-
-
-def run_stream(graphs: OrtGraphs, video: np.ndarray, clip_len: int, overlap: int) -> tuple[np.ndarray, list]:
-    """The chunk protocol with the ONNX graphs: contract.chunks.run_chunk, as the torch Restorer runs it."""
-    from contract.chunks import ChunkPlanner, FrameBuffer, StreamState, run_chunk
-    planner = ChunkPlanner(clip_len, overlap)
-    chunks = planner.push(len(video)) + planner.finish()
-    buffer, ops = FrameBuffer(), NumpyChunkOps(graphs)
-    buffer.add(video)
-    state = StreamState(graphs.zero_state("encoder"), graphs.zero_state("decoder"))
-    outputs = [run_chunk(chunk, np.stack(buffer.take(chunk)), ops, state) for chunk in chunks]
-    return np.concatenate(outputs), chunks
+def export_chain(folder: Path, meta: dict) -> GraphChain:
+    """The export's graphs in ONNX Runtime (CPU) sessions, chained as the runtime chains them; a bf16
+    export runs widened to float32 (ONNX Runtime's CPU kernels have no bf16)."""
+    contract = contract_from_json(meta, "export.json")
+    sessions = export_sessions(folder, contract, widen=meta["precision"] == "bf16")
+    return GraphChain(contract, SessionRunner(sessions))
 
 
 # ---- torch reference ----------------------------------------------------------------------------
@@ -333,7 +221,8 @@ class TorchReference:
 
 def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 4) -> list[Result]:
     tol = TOLERANCES[meta["precision"]]
-    graphs = OrtGraphs(folder, meta)
+    chain = export_chain(folder, meta)
+    latent_dtype = host_dtype(chain.contract.encoder.tensor(LATENTS).dtype)
     ref = TorchReference(meta)
     rng = np.random.default_rng(seed)
     chunk, results = meta["chunk"], []
@@ -351,47 +240,47 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
     for count in sorted({min(chunk["encoder_frames"]), chunk["clip_len"], max(chunk["encoder_frames"])}):
         state = state_after("encoder", frames(4))
         x = frames(count)
-        latents, new = graphs.encode(x, state)
+        latents, new = chain.encode(x, state)
         want, want_state = ref.encode(x, state)
-        results.append(compare(f"encoder T={count} latents", "latents", latents, want, tol))
+        results.append(compare_arrays(f"encoder T={count} latents", "latents", latents, want, tol))
         results.append(_worst_state(f"encoder T={count} state", new, want_state, tol))
 
     # DiT: every latent count, every part boundary
     latent_w, latent_h = meta["latent_size"]
     for count in chunk["dit_latent_frames"]:
         z = rng.standard_normal((1, 48, count, latent_h, latent_w)).astype(np.float32)
-        z_graph = z.astype(graphs.float)
-        restored, hidden = graphs.dit(z_graph)
-        parts = dit_chain(meta, count)
-        want, want_hidden = ref.dit(z_graph.astype(np.float32), [p["blocks"][1] for p in parts[:-1]])
+        z_graph = z.astype(latent_dtype)
+        restored, hidden = chain.dit_boundaries(z_graph)
+        parts = chain.contract.chain(count)
+        want, want_hidden = ref.dit(z_graph.astype(np.float32), [p.blocks[1] for p in parts[:-1]])
         for name in want_hidden:
-            results.append(compare(f"dit F={count} {name}", "hidden", hidden[name], want_hidden[name], tol))
-        results.append(compare(f"dit F={count} restored", "latents", restored, want, tol))
+            results.append(compare_arrays(f"dit F={count} {name}", "hidden", hidden[name], want_hidden[name], tol))
+        results.append(compare_arrays(f"dit F={count} restored", "latents", restored, want, tol))
 
     # decoder: 1 latent and the longest chunk
     for count in (1, max(chunk["decoder_latent_frames"])):
         state = state_after("decoder", rng.standard_normal((1, 48, 1, latent_h, latent_w)).astype(np.float32))
-        z = rng.standard_normal((1, 48, count, latent_h, latent_w)).astype(graphs.float)
-        out, new = graphs.decode(z, state)
+        z = rng.standard_normal((1, 48, count, latent_h, latent_w)).astype(latent_dtype)
+        out, new = chain.decode(z, state)
         want, want_state = ref.decode(z.astype(np.float32), state)
-        results.append(compare(f"decoder n={count} frames", "frames", out, want, tol,
-                               f"{np.mean(out != want):.2%} of values differ"))
+        results.append(compare_arrays(f"decoder n={count} frames", "frames", out, want, tol,
+                                      f"{np.mean(out != want):.2%} of values differ"))
         results.append(_worst_state(f"decoder n={count} state", new, want_state, tol))
 
     # a stream: FIRST, MIDDLE x (stream_chunks - 2), LAST, with state carried chunk to chunk
     clip_len, overlap = chunk["clip_len"], chunk["dit_overlap"]
     total = clip_len + 4 + (stream_chunks - 2) * clip_len + 5
     video = frames(total)
-    got, chunks = run_stream(graphs, video, clip_len, overlap)
+    got, chunks = run_stream(chain, video, clip_len, overlap)
     want = ref.stream(video, clip_len, overlap)
     kinds = "".join(c.kind[0] for c in chunks)
-    results.append(compare(f"stream {total} frames ({len(chunks)} chunks: {kinds})", "frames", got, want, tol,
-                           f"{np.mean(got != want):.2%} of values differ"))
+    results.append(compare_arrays(f"stream {total} frames ({len(chunks)} chunks: {kinds})", "frames", got, want,
+                                  tol, f"{np.mean(got != want):.2%} of values differ"))
     return results
 
 
 def _worst_state(name, got: dict, want: dict, tol) -> Result:
-    worst = max((compare(f"{name} {k}", "state", got[k], want[k], tol) for k in want), key=lambda r: r.max_err)
+    worst = max((compare_arrays(f"{name} {k}", "state", got[k], want[k], tol) for k in want), key=lambda r: r.max_err)
     worst.name = f"{name} (worst: {worst.name.rsplit(' ', 1)[-1]})"
     return worst
 
@@ -405,7 +294,8 @@ def read_manifest(folder: Path) -> dict:
         raise ExportError(str(e)) from None
 
 
-def verify(folder: str | Path, structure_only: bool = False, seed: int = 0, stream_chunks: int = 4) -> bool:
+def verify_export(folder: str | Path, structure_only: bool = False, seed: int = 0, stream_chunks: int = 4) -> bool:
+    """Print the report of an export's checks against torch; True when every check holds."""
     folder = Path(folder)
     meta = read_manifest(folder)
     print(f"structure ({meta['precision']}):")
@@ -437,7 +327,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunks", type=int, default=4, help="chunks in the stream check (>= 3)")
     args = parser.parse_args(argv)
     try:
-        return 0 if verify(args.folder, args.structure_only, args.seed, max(3, args.chunks)) else 1
+        return 0 if verify_export(args.folder, args.structure_only, args.seed, max(3, args.chunks)) else 1
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

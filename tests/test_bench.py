@@ -218,8 +218,8 @@ def test_overlapped_threads_give_the_sequential_outputs(plain_run):
     model, (first, middle, _), _ = plain_run
     tm = TorchModel(SOURCE, (16, 16), output_size=(64, 64), clip_len=4, model=model, device="cpu")
     chunks = [first, middle, middle.flip(0), middle]
-    one = bench.run_stream(tm, tm.kernels(), chunks, overlap=False, in_flight=1, keep=True)
-    three = bench.run_stream(tm, tm.kernels(), chunks, overlap=True, in_flight=3, keep=True)
+    one = bench.bench_stream(tm, tm.kernels(), chunks, overlap=False, in_flight=1, keep=True)
+    three = bench.bench_stream(tm, tm.kernels(), chunks, overlap=True, in_flight=3, keep=True)
     assert len(one.marks) == len(three.marks) == 4 and all(isinstance(m, float) for m in three.marks)
     assert bench.elapsed_ms(three.marks, 0, -1) > 0
     for (_, hq_a, frames_a), (_, hq_b, frames_b) in zip(one.outputs, three.outputs):

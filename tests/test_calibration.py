@@ -345,9 +345,9 @@ def test_kept_ranges_quantize_a_graph_whose_names_differ(tmp_path, precision):
 def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
     """python -m calibration.schemes: the bookkeeping (which layers, the float32 row, closeness
     against the float graph) and its refusals; the speed numbers are docs/benchmarks.md's."""
-    from calibration.schemes import compare, main
+    from calibration.schemes import compare_schemes, main
     _, _, clip = int8_export
-    rows = compare(export_dir, [clip], [clip], "decoder.onnx", ["u8s8-minmax", "s8s8-minmax"], FRAMES // 2, 1)
+    rows = compare_schemes(export_dir, [clip], [clip], "decoder.onnx", ["u8s8-minmax", "s8s8-minmax"], FRAMES // 2, 1)
     assert [r["scheme"] for r in rows] == ["float32", "u8s8-minmax", "s8s8-minmax"]
     assert rows[0]["speedup"] == 1.0 and all(r["s_per_call"] > 0 for r in rows)
     assert all(r["layers"] > 0 and r["closeness_db"] is not None and 10 < r["closeness_db"] < 100 for r in rows[1:])

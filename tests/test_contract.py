@@ -197,7 +197,7 @@ def test_six_parts_restore_like_one(tmp_path):
 
 def five_b_contract() -> c.Contract:
     """The 5B at 1080p, bf16, clip_len 24, dit_overlap 0, 3 parts: graphs as the exporter names them."""
-    from export.dit import hidden_name, part_ranges
+    from export.dit import part_ranges
     from export.settings import make_settings
     from swiftvr.reae import decoder_state_shapes, encoder_state_shapes
 
@@ -220,9 +220,9 @@ def five_b_contract() -> c.Contract:
         latents, tokens = c.Tensor("latents", (1, 48, f, h, w), bf16), f * (h // 2) * (w // 2)
         parts = []
         for k, (first, end) in enumerate(part_ranges(30, 3)):
-            hidden_in = (c.Tensor(hidden_name(first), (1, tokens, 3072), bf16),) if k else ()
+            hidden_in = (c.Tensor(c.hidden_name(first), (1, tokens, 3072), bf16),) if k else ()
             takes = (latents,) if k == 0 else hidden_in + ((latents,) if k == 2 else ())
-            gives = (c.Tensor(hidden_name(end), (1, tokens, 3072), bf16),) if k < 2 else \
+            gives = (c.Tensor(c.hidden_name(end), (1, tokens, 3072), bf16),) if k < 2 else \
                 (c.Tensor("restored", latents.shape, bf16),)
             parts.append(c.Graph(f"dit.f{f}.{k}", "dit", f"dit.f{f}.{k}.onnx", takes, gives, {}, (first, end), f))
         dit[f] = parts

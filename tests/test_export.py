@@ -26,7 +26,8 @@ from export.__main__ import main
 from export.dit import DiTPart, part_ranges, stream_parts
 from export.onnx_graph import save
 from export.settings import ExportError, make_settings
-from export.verify import TOLERANCES, OrtGraphs, TorchReference, check_numbers, check_structure, widen_bf16
+from contract.onnxruntime import widen_bf16
+from export.verify import TOLERANCES, TorchReference, check_numbers, check_structure, export_chain
 from export.weights import checkpoint_source, random_source
 from swiftvr.reae import encoder_state_shapes
 
@@ -287,9 +288,9 @@ def test_verification_catches_a_wrong_graph(fp32_export, tmp_path):
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     (tmp_path / part).unlink()
     onnx.save(model, str(tmp_path / part))
-    graphs, ref = OrtGraphs(tmp_path, m), TorchReference(m)
+    chain, ref = export_chain(tmp_path, m), TorchReference(m)
     z = np.random.default_rng(0).standard_normal((1, 48, 3, 4, 6)).astype(np.float32)
-    got, _ = graphs.dit(z)
+    got = chain.dit(z)
     want, _ = ref.dit(z, [2])
     assert np.abs(got - want).max() > 100 * TOLERANCES["fp32"]["latents"]
 

@@ -1,9 +1,12 @@
-"""runtime/lanes.py's CudaLane and runtime/backends/cuda.py's buffers and streams, through fakes
-(no GPU): a TensorRT Session must give back every page-locked buffer and stream it allocated."""
+"""runtime/lanes.py's CudaLane, runtime/backends/cuda.py's buffers and streams and the TensorRT
+backend's engine runner, through fakes (no GPU): a TensorRT Session must give back every page-locked
+buffer and stream it allocated, and an engine call TensorRT would refuse must say why."""
 import ctypes
+import threading
 import types
 
 import numpy as np
+import pytest
 
 from runtime.backend import Runner
 from runtime.backends.cuda import Cuda, Event, PinnedPool
@@ -55,6 +58,13 @@ class FakeCudart:
 
     def cudaStreamDestroy(self, stream):
         self.streams_destroyed.append(stream)
+        return (0,)
+
+    def cudaMallocAsync(self, nbytes, stream):          # device memory: addresses only
+        self.device_bytes = getattr(self, "device_bytes", 0) + nbytes
+        return 0, 0x10000 + self.device_bytes
+
+    def cudaFreeAsync(self, ptr, stream):
         return (0,)
 
 
@@ -154,3 +164,93 @@ def test_cuda_lane_waits_on_the_producers_event_and_times_the_stage():
     assert set(stats.ms) == {"encode", "dit"}
     untimed = dit.submit(lambda: 0, timed=False)
     assert device.log[-1] == ("record", "s2", False) and dit.ready(untimed)
+
+
+# ---- the TensorRT backend's engine runner --------------------------------------------------------
+
+class FakeStream:
+    handle = 7
+
+
+class FakeEngine:
+    """What EngineRunner asks of a TensorRT engine: one optimization profile, frames T in 4..12."""
+    profile = {"frames": ([4, 16, 16, 3], [8, 16, 16, 3], [12, 16, 16, 3])}
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        return self.profile[name]
+
+
+class FakeContext:
+    """An execution context as TensorRT's behaves: set_input_shape returns False outside the profile
+    (and the input's shape stays unset, so the outputs' shapes come back as -1s)."""
+
+    def __init__(self):
+        self.shapes, self.addresses, self.enqueued = {}, {}, 0
+
+    def set_input_shape(self, name, shape):
+        low, _, high = FakeEngine.profile[name]
+        if not all(lo <= d <= hi for lo, d, hi in zip(low, shape, high)):
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        frames = self.shapes.get("frames", (-1,))[0]
+        return (1, 48, frames // 4 if frames > 0 else -1, 8, 8)
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream):
+        self.enqueued += 1
+        return True
+
+
+def test_engine_runner_refuses_an_input_outside_the_profile_by_name():
+    from contract.graphs import Graph, Tensor
+    from runtime.backends.cuda import DeviceArray
+    from runtime.backends.tensorrt import EngineRunner
+    from runtime.errors import RuntimeSetupError
+    cuda = fake_cuda()
+    cuda._local, cuda._retired, cuda._lock = threading.local(), [], threading.Lock()
+    cuda._local.stream = FakeStream()
+    graph = Graph("encoder", "encoder", "encoder.engine", (Tensor("frames", ("T", 16, 16, 3), "uint8"),),
+                  (Tensor("latents", (1, 48, "F", 8, 8), "float16"),), {"T": {"min": 4, "opt": 8, "max": 12}})
+    context = FakeContext()
+    runner = EngineRunner(types.SimpleNamespace(cuda=cuda, engines={"encoder": FakeEngine()}), {"encoder": context})
+    out = runner.run(graph, {"frames": DeviceArray(cuda, (8, 16, 16, 3), "uint8")})["latents"]
+    assert (out.shape, out.nbytes, context.enqueued) == ((1, 48, 2, 8, 8), 48 * 2 * 64 * 2, 1)
+    with pytest.raises(RuntimeSetupError, match=r"^engine encoder: input frames of shape \[40, 16, 16, 3\] is outside "
+                                                r"its optimization profile \(min \[4, 16, 16, 3\], max \[12, 16, 16, 3\]\)$"):
+        runner.run(graph, {"frames": DeviceArray(cuda, (40, 16, 16, 3), "uint8")})
+    assert context.enqueued == 1                       # nothing was enqueued for it
+
+
+def test_tensorrt_types_have_their_numpy_names_or_say_why_not():
+    trt = pytest.importorskip("tensorrt_rtx")
+    from contract.graphs import Graph, Tensor
+    from runtime.backends.cuda import ITEMSIZE
+    from runtime.backends.tensorrt import check_engine_io, numpy_name
+    from runtime.errors import RuntimeSetupError
+    names = {}
+    for member, dtype in trt.DataType.__members__.items():
+        try:
+            names[member] = numpy_name(trt, dtype)
+        except RuntimeSetupError as e:
+            assert "has no numpy dtype" in str(e) and member in str(e)
+    assert names == {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                     "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+    assert all(name in ITEMSIZE for name in names.values())       # the runtime can size every one
+
+    graph = Graph("decoder", "decoder", "decoder.engine", (Tensor("latents", (1, 48, 2, 8, 8), "float16"),),
+                  (Tensor("frames", (8, 32, 32, 3), "uint8"),), {})
+    plan = types.SimpleNamespace(graphs=lambda: [graph])
+
+    def engine(dtypes):
+        return types.SimpleNamespace(get_tensor_dtype=lambda name: dtypes[name])
+    check_engine_io(trt, plan, {"decoder": engine({"latents": trt.DataType.HALF, "frames": trt.DataType.UINT8})}, "b")
+    with pytest.raises(RuntimeSetupError, match="engine decoder has latents as float32, the manifest says float16"):
+        check_engine_io(trt, plan, {"decoder": engine({"latents": trt.DataType.FLOAT, "frames": trt.DataType.UINT8})}, "b")
+    with pytest.raises(RuntimeSetupError, match="engine decoder, tensor latents: TensorRT data type FP8 has no numpy"):
+        check_engine_io(trt, plan, {"decoder": engine({"latents": trt.DataType.FP8, "frames": trt.DataType.UINT8})}, "b")

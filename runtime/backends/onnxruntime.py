@@ -1,16 +1,18 @@
 """The ONNX Runtime backend: runs an export folder, or a `cpu` bundle (which holds the ONNX graphs).
 
 CPU by default; CUDA where onnxruntime-gpu is installed (`--device cuda`, or automatically when its
-CUDAExecutionProvider is there). Values between stages are OrtValues bound with IOBinding, so the
-boundary states stay where the graphs run. The small latent array ops (prefix, history) go through
-numpy: free on the CPU (OrtValue and numpy share memory there), a small copy on CUDA.
+CUDAExecutionProvider is there). The stages are contract/chain.py's GraphChain over BoundSessions:
+values between stages are OrtValues bound with IOBinding, so the boundary states stay where the
+graphs run. The small latent array ops (prefix, history) go through numpy: free on the CPU
+(OrtValue and numpy share memory there), a small copy on CUDA.
 
 One InferenceSession per graph, shared by every Session: ORT's run() may be called from several
 threads at once. Per-stream state (boundary states, history) lives in the Session.
 """
 import numpy as np
 
-from contract.onnxruntime import session_options
+from contract.chain import GraphChain
+from contract.onnxruntime import bundle_session, session_options
 
 from ..backend import LoadedModel
 from ..errors import MissingPackageError, RuntimeSetupError, import_or_explain
@@ -53,8 +55,6 @@ class OnnxModel(LoadedModel):
         self.plan = plan_from_meta(meta, meta_file or source)
         self.sessions = {graph.name: load_graph(graph, session_options(ort, threads), providers)
                          for graph in self.plan.graphs()}
-        self.states = {which: [(s.input, s.output, tuple(s.shape), s.dtype) for s in pairs]
-                       for which, pairs in self.plan.state.items()}
         self.latent_dtype = np.dtype(self.plan.encoder.tensor("latents").dtype)
 
     def kernels(self):
@@ -64,46 +64,48 @@ class OnnxModel(LoadedModel):
         return cpu_lanes(overlap, stats)
 
 
-class OnnxKernels:
+class BoundSessions:
+    """contract.chain's GraphRunner over the model's sessions: values are OrtValues on the model's
+    device, bound with IOBinding, so the boundary states stay where the graphs run."""
+
     def __init__(self, model: OnnxModel):
-        self.m, self.ort = model, model.ort
+        self.sessions, self.ort = model.sessions, model.ort
+        self.device_type, self.device_id = model.device_type, model.device_id
 
-    def _value(self, array: np.ndarray):
-        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.m.device_type, self.m.device_id)
+    def value(self, array: np.ndarray):
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
 
-    def _run(self, graph, inputs: dict) -> dict:
-        session = self.m.sessions[graph.name]
+    def run(self, graph, inputs: dict) -> dict:
+        session = self.sessions[graph.name]
         binding = session.io_binding()
         for name in graph.input_names:
             binding.bind_ortvalue_input(name, inputs[name])
         for name in graph.output_names:
-            binding.bind_output(name, self.m.device_type, self.m.device_id)
+            binding.bind_output(name, self.device_type, self.device_id)
         session.run_with_iobinding(binding)
         return dict(zip(graph.output_names, binding.get_outputs()))
+
+    def zeros(self, shape, dtype: str):
+        return self.value(np.zeros(shape, dtype))
+
+    def shape(self, value) -> tuple:
+        return tuple(value.shape())
+
+
+class OnnxKernels:
+    def __init__(self, model: OnnxModel):
+        self.m = model
+        self.graphs = BoundSessions(model)
+        # The stages are the contract's graph chain (contract/chain.py) over the bound sessions.
+        chain = GraphChain(model.plan, self.graphs)
+        self.zero_state, self.encode, self.dit, self.decode = chain.zero_state, chain.encode, chain.dit, chain.decode
 
     def host_frames(self, count: int) -> np.ndarray:
         width, height = self.m.spec.input_size
         return np.empty((count, height, width, 3), np.uint8)
 
     def upload(self, host: np.ndarray):
-        return self._value(host)
-
-    def zero_state(self, which: str) -> dict:
-        return {name: self._value(np.zeros(shape, dtype)) for name, _, shape, dtype in self.m.states[which]}
-
-    def encode(self, frames, state: dict):
-        out = self._run(self.m.plan.encoder, {"frames": frames, **state})
-        return out["latents"], {name: out[output] for name, output, _, _ in self.m.states["encoder"]}
-
-    def dit(self, latents):
-        values = {"latents": latents}
-        for part in self.m.plan.chain(latents.shape()[2]):   # whole, or parts chained by name
-            values.update(self._run(part, values))
-        return values["restored"]
-
-    def decode(self, latents, state: dict):
-        out = self._run(self.m.plan.decoder, {"latents": latents, **state})
-        return out["frames"], {name: out[output] for name, output, _, _ in self.m.states["decoder"]}
+        return self.graphs.value(host)
 
     def download(self, frames, start: int, count: int) -> np.ndarray:
         return np.array(frames.numpy()[start:start + count])      # a copy the caller owns
@@ -112,16 +114,16 @@ class OnnxKernels:
         return host
 
     def concat(self, a, b):
-        return self._value(np.concatenate([a.numpy(), b.numpy()], axis=2))
+        return self.graphs.value(np.concatenate([a.numpy(), b.numpy()], axis=2))
 
     def take_last(self, x, n: int):
         shape = x.shape()
-        return x if n >= shape[2] else self._value(x.numpy()[:, :, -n:])
+        return x if n >= shape[2] else self.graphs.value(x.numpy()[:, :, -n:])
 
     def zeros(self, like, n: int):
         shape = list(like.shape())
         shape[2] = n
-        return self._value(np.zeros(shape, self.m.latent_dtype))
+        return self.graphs.zeros(shape, self.m.latent_dtype)
 
     def close(self) -> None:
         pass             # nothing of its own: OrtValues go with their last reference
@@ -142,17 +144,9 @@ def load_export_folder(path, *, device=None, threads=None) -> OnnxModel:
 def load_cpu_bundle(bundle, *, device=None, threads=None) -> OnnxModel:
     """From an open contract.bundle.Bundle of the `cpu` target: graphs and their external data are
     handed to ONNX Runtime from the mapped file, nothing is unpacked to disk."""
-    ort = import_onnxruntime()
     manifest = bundle.manifest
     files_of = {e["member"]: e["files"] for e in manifest["engines"]}
 
-    def load(graph, options, providers):
-        data_files = [f for f in files_of[graph.file] if f != graph.file]   # graph.file: its member
-        views = [bundle.view(f) for f in data_files]
-        if data_files:
-            options.add_external_initializers_from_files_in_memory(data_files, views, [len(v) for v in views])
-        session = ort.InferenceSession(bundle.read(graph.file), options, providers=providers)
-        for view in views:           # ORT has copied the weights; the bundle may be closed now
-            view.release()
-        return session
+    def load(graph, options, providers):              # graph.file: its member
+        return bundle_session(bundle, graph.file, files_of[graph.file], options, providers)
     return OnnxModel(manifest, load, str(bundle.path), device=device, threads=threads)

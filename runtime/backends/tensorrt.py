@@ -9,7 +9,8 @@ Loading checks, in this order, so that each failure says what to do:
 
 Shared by all Sessions: the Runtime and the deserialized engines (read-only). Per Session (in
 TensorRTKernels): one execution context per engine, CUDA streams per stage, the boundary states and
-latent history as device arrays. Each stage runs on its own stream and waits for its inputs with
+latent history as device arrays. The stages are contract/chain.py's GraphChain over EngineRunner
+(one engine run on the current stream); engine I/O dtypes are checked against the manifest on load. Each stage runs on its own stream and waits for its inputs with
 events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk k-1 overlap
 on the GPU; frames go up from and come back to pinned host buffers.
 """
@@ -17,6 +18,8 @@ import numpy as np
 
 from engines import flavours
 from engines.flavours import MODULES
+
+from contract.chain import GraphChain
 
 from ..backend import LoadedModel
 from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
@@ -89,7 +92,7 @@ class TensorRTModel(LoadedModel):
                                         f"TensorRT messages above)")
             self.engines[entry["name"]] = engine
         self.plan = execution_plan(manifest, str(bundle.path))
-        self.states = {which: [(s.input, s.output) for s in pairs] for which, pairs in self.plan.state.items()}
+        check_engine_io(trt, self.plan, self.engines, str(bundle.path))
 
     def kernels(self):
         return TensorRTKernels(self)
@@ -117,21 +120,10 @@ class TensorRTKernels:
                                         f"(out of GPU memory?)")
             self.contexts[graph.name] = context
         self.pinned = PinnedPool(self.cuda)
-
-    def _execute(self, graph, inputs: dict) -> dict:
-        """Run one engine: `graph` is its contract.graphs.Graph (tensor names and dtypes)."""
-        context = self.contexts[graph.name]
-        for tensor in graph.input_names:
-            array = inputs[tensor]
-            context.set_input_shape(tensor, array.shape)
-            context.set_tensor_address(tensor, array.ptr)
-        outputs = {}
-        for t in graph.outputs:
-            outputs[t.name] = DeviceArray(self.cuda, context.get_tensor_shape(t.name), t.dtype)
-            context.set_tensor_address(t.name, outputs[t.name].ptr)
-        if not context.execute_async_v3(self.cuda.stream.handle):
-            raise RuntimeError(f"TensorRT failed to enqueue {graph.name} (see the TensorRT messages above)")
-        return outputs
+        self.graphs = EngineRunner(model, self.contexts)
+        # The stages are the contract's graph chain (contract/chain.py) over the contexts.
+        chain = GraphChain(self.plan, self.graphs)
+        self.zero_state, self.encode, self.dit, self.decode = chain.zero_state, chain.encode, chain.dit, chain.decode
 
     def host_frames(self, count: int) -> np.ndarray:
         width, height = self.m.spec.input_size
@@ -145,33 +137,6 @@ class TensorRTKernels:
                        rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.cuda.stream.handle)
         self.pinned.release(host, after=Event(self.cuda, timing=False).record(self.cuda.stream))
         return frames
-
-    def zero_state(self, which: str) -> dict:
-        engine = self.m.engines[(self.plan.encoder if which == "encoder" else self.plan.decoder).name]
-        state = {}
-        for name, _ in self.m.states[which]:
-            dtype = _numpy_name(self.m.trt, engine.get_tensor_dtype(name))
-            state[name] = self._zeros(engine.get_tensor_shape(name), dtype)
-        return state
-
-    def _zeros(self, shape, dtype: str) -> DeviceArray:
-        array = DeviceArray(self.cuda, shape, dtype)
-        self.cuda.call(self.cuda.rt.cudaMemsetAsync, array.ptr, 0, array.nbytes, self.cuda.stream.handle)
-        return array
-
-    def encode(self, frames, state: dict):
-        out = self._execute(self.plan.encoder, {"frames": frames, **state})
-        return out["latents"], {name: out[output] for name, output in self.m.states["encoder"]}
-
-    def dit(self, latents):
-        values = {"latents": latents}
-        for part in self.plan.chain(latents.shape[2]):   # whole, or parts chained by name
-            values.update(self._execute(part, values))
-        return values["restored"]
-
-    def decode(self, latents, state: dict):
-        out = self._execute(self.plan.decoder, {"latents": latents, **state})
-        return out["frames"], {name: out[output] for name, output in self.m.states["decoder"]}
 
     def download(self, frames: DeviceArray, start: int, count: int) -> np.ndarray:
         per_frame = frames.nbytes // frames.shape[0]
@@ -207,7 +172,7 @@ class TensorRTKernels:
 
     def zeros(self, like: DeviceArray, n: int) -> DeviceArray:
         _, c, _, h, w = like.shape
-        return self._zeros((1, c, n, h, w), like.dtype)
+        return self.graphs.zeros((1, c, n, h, w), like.dtype)
 
     def close(self) -> None:
         """Frees this stream's page-locked buffers and the device arrays it has let go (the lanes
@@ -216,7 +181,63 @@ class TensorRTKernels:
         self.cuda.collect()
 
 
-def _numpy_name(trt, dtype) -> str:
-    names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16",
-             trt.DataType.UINT8: "uint8", trt.DataType.INT32: "int32", trt.DataType.INT64: "int64"}
-    return names[dtype]
+class EngineRunner:
+    """contract.chain's GraphRunner over one stream's execution contexts (one per engine, by graph
+    name): values are DeviceArrays, each engine enqueued on the current stream."""
+
+    def __init__(self, model: TensorRTModel, contexts: dict):
+        self.cuda, self.engines, self.contexts = model.cuda, model.engines, contexts
+
+    def run(self, graph, inputs: dict) -> dict:
+        """Run one engine: `graph` is its contract.graphs.Graph (tensor names and dtypes)."""
+        context = self.contexts[graph.name]
+        for tensor in graph.input_names:
+            array = inputs[tensor]
+            if not context.set_input_shape(tensor, array.shape):
+                # Enqueueing would fail with no reason given, and the outputs' shapes would be -1s.
+                low, _, high = self.engines[graph.name].get_tensor_profile_shape(tensor, 0)  # one profile (engines/build.py)
+                raise RuntimeSetupError(f"engine {graph.name}: input {tensor} of shape {list(array.shape)} is outside "
+                                        f"its optimization profile (min {list(low)}, max {list(high)})")
+            context.set_tensor_address(tensor, array.ptr)
+        outputs = {}
+        for t in graph.outputs:
+            outputs[t.name] = DeviceArray(self.cuda, context.get_tensor_shape(t.name), t.dtype)
+            context.set_tensor_address(t.name, outputs[t.name].ptr)
+        if not context.execute_async_v3(self.cuda.stream.handle):
+            raise RuntimeError(f"TensorRT failed to enqueue {graph.name} (see the TensorRT messages above)")
+        return outputs
+
+    def zeros(self, shape, dtype: str) -> DeviceArray:
+        array = DeviceArray(self.cuda, shape, dtype)
+        self.cuda.call(self.cuda.rt.cudaMemsetAsync, array.ptr, 0, array.nbytes, self.cuda.stream.handle)
+        return array
+
+    def shape(self, value: DeviceArray) -> tuple:
+        return value.shape
+
+
+def numpy_name(trt, dtype) -> str:
+    """The numpy name of a TensorRT DataType, as the graph contract writes dtypes. FP8, INT4, FP4 and
+    E8M0 have none: numpy cannot hold them, and the contract keeps them inside the graphs (Q/DQ)."""
+    names = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
+             "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
+    for member, name in names.items():
+        if dtype == getattr(trt.DataType, member, None):
+            return name
+    raise RuntimeSetupError(f"TensorRT data type {getattr(dtype, 'name', dtype)} has no numpy dtype (numpy has no "
+                            f"FP8, INT4, FP4 or E8M0): a bundle's engine inputs and outputs are float32/float16/"
+                            f"bfloat16/uint8, low-precision types stay inside the engines")
+
+
+def check_engine_io(trt, plan, engines: dict, source: str) -> None:
+    """Every engine's inputs and outputs have the dtype the manifest says: the runtime sizes their
+    buffers from the manifest (EngineRunner), so a mismatch would read or write past them."""
+    for graph in plan.graphs():
+        for t in graph.inputs + graph.outputs:
+            try:
+                dtype = numpy_name(trt, engines[graph.name].get_tensor_dtype(t.name))
+            except RuntimeSetupError as e:
+                raise RuntimeSetupError(f"{source}: engine {graph.name}, tensor {t.name}: {e}") from None
+            if dtype != t.dtype:
+                raise RuntimeSetupError(f"{source}: engine {graph.name} has {t.name} as {dtype}, the manifest says "
+                                        f"{t.dtype}: the bundle is inconsistent; rebuild it with python -m engines")

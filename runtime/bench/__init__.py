@@ -48,12 +48,12 @@ import sys
 
 from swiftvr.flops import dit_flops
 from ..backends.torch import import_torch
-from .ladder import LADDER, STAGES, Settings, elapsed_ms, pays, run_bench, run_stream
+from .ladder import LADDER, STAGES, Settings, bench_stream, elapsed_ms, pays, run_bench
 from .machine import measure_ceilings
 from .report import format_summary, format_table, say
 
-__all__ = ["LADDER", "STAGES", "Settings", "dit_flops", "elapsed_ms", "format_summary", "format_table", "main",
-           "measure_ceilings", "parse_args", "pays", "run_bench", "run_stream"]
+__all__ = ["LADDER", "STAGES", "Settings", "bench_stream", "dit_flops", "elapsed_ms", "format_summary", "format_table",
+           "main", "measure_ceilings", "parse_args", "pays", "run_bench"]
 
 
 def parse_args(argv=None) -> Settings:

@@ -108,7 +108,7 @@ def _trim(frames, start: int, count: int):
     return frames[start:start + count]
 
 
-def run_stream(tm: TorchModel, kernels, chunks: list, *, overlap: bool, in_flight: int,
+def bench_stream(tm: TorchModel, kernels, chunks: list, *, overlap: bool, in_flight: int,
                keep: bool = False) -> StreamRun:
     """One stream (fresh encoder / decoder state) of a FIRST chunk and MIDDLE chunks of frames on
     the device, each through contract.chunks.run_chunk on the backend's lanes, with at most
@@ -201,7 +201,7 @@ def make_resolution(torch, s: Settings, model, text: str, device) -> Resolution:
                       [chunk(s.clip_len) for _ in range(s.rotate)], grid, dit_flops(cfg, grid, prompt_len))
 
 
-def compare(torch, outputs: list, baseline: dict) -> dict:
+def compare_with_eager(torch, outputs: list, baseline: dict) -> dict:
     """The check pass against the eager run's: latents max |d| and relative L2, frames PSNR."""
     lat_max, lat_err, lat_ref, nonfinite = 0.0, 0.0, 0.0, 0
     sse, count, frame_max = 0.0, 0, 0
@@ -245,7 +245,7 @@ def measure(torch, s: Settings, model, res: Resolution, options: TorchOptions, d
                     precision=s.precision, device=str(device), options=options, model=model)
     kernels = tm.kernels()
     middle = [res.middle[i % len(res.middle)] for i in range(s.repeats + 3)]
-    check = run_stream(tm, kernels, [res.first, res.middle[0]], overlap=False, in_flight=1, keep=True)
+    check = bench_stream(tm, kernels, [res.first, res.middle[0]], overlap=False, in_flight=1, keep=True)
     check_s = time.perf_counter() - started
     result = {"options": options.changed(), "status": "ran", "check_pass_s": round(check_s, 3)}
     if res.baseline is None:     # this is the eager run: its outputs are what the others are checked against
@@ -255,7 +255,7 @@ def measure(torch, s: Settings, model, res: Resolution, options: TorchOptions, d
         res.dit_inputs = [lq.contiguous(), lq.flip(-1).contiguous()]     # two different real latents
         result["numerics"] = "baseline"
     else:
-        result["numerics"] = compare(torch, check.outputs, res.baseline)
+        result["numerics"] = compare_with_eager(torch, check.outputs, res.baseline)
     if not options.compile and not options.cuda_graphs:
         # Which SDPA kernel really ran (with sdpa_kernel only the chosen one can).
         lq = check.outputs[1][0]
@@ -267,18 +267,18 @@ def measure(torch, s: Settings, model, res: Resolution, options: TorchOptions, d
     # Warm-up: a shape's second use captures its CUDA graph (so at least one MIDDLE chunk here);
     # cuDNN autotuning and compiled code settle.
     warm = time.perf_counter()
-    run_stream(tm, kernels, [res.first] + middle[:max(1, s.warmup)], overlap=False, in_flight=1)
+    bench_stream(tm, kernels, [res.first] + middle[:max(1, s.warmup)], overlap=False, in_flight=1)
     result["warmup_s"] = round(time.perf_counter() - warm, 3)
 
     latency = []
     for _ in range(s.first_repeats):
-        run = run_stream(tm, kernels, [res.first], overlap=False, in_flight=1)
+        run = bench_stream(tm, kernels, [res.first], overlap=False, in_flight=1)
         latency.append(sum(run.stage_ms[stage][0] for stage in STAGES))
     result["first_chunk_ms"] = median(latency)
 
     # Sequential: one stream, stages one after the other; the host stays one chunk ahead.
     reset_memory(torch, device)
-    run = run_stream(tm, kernels, [res.first] + middle[:s.repeats], overlap=False, in_flight=2)
+    run = bench_stream(tm, kernels, [res.first] + middle[:s.repeats], overlap=False, in_flight=2)
     chunk_ms = elapsed_ms(run.marks, 0, -1) / s.repeats
     each = [elapsed_ms(run.marks, i, i + 1) for i in range(s.repeats)]
     result["stages_ms"] = {stage: median(run.stage_ms[stage][1:]) for stage in STAGES}
@@ -290,7 +290,7 @@ def measure(torch, s: Settings, model, res: Resolution, options: TorchOptions, d
     # first 3 chunks fill the pipeline and are not timed.
     reset_memory(torch, device)
     lead = 3
-    run = run_stream(tm, kernels, [res.first] + middle[:lead - 1 + s.repeats], overlap=True, in_flight=3)
+    run = bench_stream(tm, kernels, [res.first] + middle[:lead - 1 + s.repeats], overlap=True, in_flight=3)
     chunk_ms = elapsed_ms(run.marks, lead - 1, -1) / s.repeats
     result["overlapped"] = {"chunk_ms": chunk_ms, "fps": s.clip_len * 1e3 / chunk_ms,
                             "stages_ms_under_overlap": {stage: median(run.stage_ms[stage][lead:]) for stage in STAGES},
