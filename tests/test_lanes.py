@@ -144,6 +144,27 @@ def test_an_old_driver_says_update_the_driver(host_cuda):
         host_cuda(devices=0)
 
 
+def run_a_stream(cuda: Cuda) -> None:
+    """What a TensorRT Session does with its Cuda: lanes, pinned buffers, device arrays made on one
+    stage's stream and copied on another's, events, timings, frees, closing."""
+    lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
+    pool = PinnedPool(cuda)
+    host = pool.array((2, 4, 4, 3))
+    frames = lanes["upload"].submit(lambda: DeviceArray(cuda, host.shape, "uint8"))
+    copied = lanes["encode"].submit(lambda f: copy_rows(cuda, DeviceArray(cuda, f.shape, "uint8"), 0, 48, f, 0, 48,
+                                                        48, 2), frames)
+    lanes["encode"].wait(copied)
+    cuda.elapsed_ms(Event(cuda, True), Event(cuda, True))
+    del frames, copied
+    cuda.collect()
+    cuda.memory_in_use()
+    for lane in lanes.values():
+        lane.close()
+    pool.close()
+    del lanes
+    gc.collect()
+
+
 def test_every_call_is_made_on_the_sessions_device_from_any_thread(host_cuda):
     """A Session on device 1 driven from a thread whose current device is 0 (a serve replica's): its
     streams, events, allocations, copies and frees all go to device 1, and the thread's own device is
@@ -153,20 +174,7 @@ def test_every_call_is_made_on_the_sessions_device_from_any_thread(host_cuda):
 
     def stream_work():
         rt.calls.clear()
-        lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
-        pool = PinnedPool(cuda)
-        host = pool.array((2, 4, 4, 3))
-        frames = lanes["upload"].submit(lambda: DeviceArray(cuda, host.shape, "uint8"))
-        latents = lanes["encode"].submit(lambda f: DeviceArray(cuda, (1, 48, 1, 2, 2), "float32"), frames)
-        lanes["encode"].wait(latents)
-        del frames, latents
-        cuda.collect()
-        cuda.memory_in_use()
-        for lane in lanes.values():
-            lane.close()
-        pool.close()
-        del lanes
-        gc.collect()
+        run_a_stream(cuda)
         seen["devices"] = {device for _, device in rt.calls}
         seen["calls"] = {name for name, _ in rt.calls}
         seen["thread's device after"] = rt.current()
@@ -241,22 +249,7 @@ def test_the_calls_fit_the_installed_cuda_python():
     rt = Checked()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cuda_module, "import_cuda", lambda: (rt, real_driver))
-        cuda = Cuda(1)
-        lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
-        pool = PinnedPool(cuda)
-        host_frames = pool.array((2, 4, 4, 3))
-        frames = lanes["upload"].submit(lambda: DeviceArray(cuda, host_frames.shape, "uint8"))
-        copied = lanes["encode"].submit(lambda f: copy_rows(cuda, DeviceArray(cuda, f.shape, "uint8"), 0, 48, f, 0,
-                                                            48, 48, 2), frames)
-        lanes["encode"].wait(copied)
-        cuda.elapsed_ms(Event(cuda, True), Event(cuda, True))
-        del frames, copied
-        cuda.collect()
-        for lane in lanes.values():
-            lane.close()
-        pool.close()
-        del lanes
-        gc.collect()
+        run_a_stream(Cuda(1))
     assert {"cudaMemPoolSetAttribute", "cudaMallocAsync", "cudaFreeAsync", "cudaMallocHost", "cudaFreeHost",
             "cudaEventRecord", "cudaStreamWaitEvent", "cudaEventQuery", "cudaEventSynchronize", "cudaMemcpy2DAsync",
             "cudaEventElapsedTime", "cudaStreamDestroy", "cudaGetDeviceProperties", "cudaSetDevice"} <= rt.checked

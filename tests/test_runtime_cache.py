@@ -1,6 +1,6 @@
-"""runtime/backends/rtxcache.py: TensorRT-RTX's runtime cache on disk, with a stand-in for its
-IRuntimeCache (a set of compiled kernels; a blob it did not write is refused, as TensorRT-RTX
-refuses one from another GPU, driver or version). Where the file lives and what invalidates it,
+"""runtime/backends/rtxcache.py: TensorRT-RTX's runtime cache on disk, with runtime/gpucheck's
+stand-in for its IRuntimeCache (the shapes compiled for; a blob it did not write is refused, as
+TensorRT-RTX refuses one from another GPU, driver or version). Where the file lives and what invalidates it,
 atomic and change-only saves, a damaged or foreign file ignored and rewritten, two processes saving
 at once. The TensorRT backend's use of it (load with the bundle, save as Sessions close, none for
 full TensorRT) runs in tests/test_gpucheck.py through a whole Session."""
@@ -9,47 +9,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from runtime.backends import rtxcache
 from runtime.backends.rtxcache import MAGIC, RuntimeCache, cache_path
+from runtime.gpucheck.standin import RuntimeConfig, StandInTensorRT
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_TRT = SimpleNamespace(DynamicShapesKernelSpecializationStrategy=SimpleNamespace(LAZY="lazy", EAGER="eager"))
-
-
-class FakeRuntimeCache:
-    def __init__(self):
-        self.kernels = set()
-
-    def deserialize(self, blob) -> bool:
-        blob = bytes(blob)
-        if not blob.startswith(b"kernels:"):
-            return False
-        self.kernels |= {k for k in blob[8:].split(b",") if k}
-        return True
-
-    def serialize(self) -> bytes:
-        return b"kernels:" + b",".join(sorted(self.kernels))
-
-
-class FakeConfig:
-    def __init__(self):
-        self.cache, self.dynamic_shapes_kernel_specialization_strategy = None, "lazy"
-
-    def create_runtime_cache(self):
-        return FakeRuntimeCache()
-
-    def set_runtime_cache(self, cache) -> bool:
-        self.cache = cache
-        return True
+# runtime/gpucheck/standin.py's runtime cache: the shapes run, serialized; a blob it did not write is refused
+FAKE_TRT = StandInTensorRT
 
 
 class FakeEngine:
     def create_runtime_config(self):
-        return FakeConfig()
+        return RuntimeConfig()
 
 
 def manifest(**hashes):
@@ -81,23 +55,23 @@ def test_kernels_compiled_in_one_run_are_there_in_the_next(cache_dir):
     path = cache_path(manifest(), "gpu", "1")
     first = RuntimeCache(FAKE_TRT, FakeEngine(), path)
     config = first.config(FakeEngine())
-    assert config.cache is first.cache and config.dynamic_shapes_kernel_specialization_strategy == "eager"
+    assert config.cache is first.cache and config.dynamic_shapes_kernel_specialization_strategy == StandInTensorRT.DynamicShapesKernelSpecializationStrategy.EAGER
     assert not first.save() and not path.exists()             # nothing compiled yet: nothing written
-    first.cache.kernels |= {b"encoder T=8", b"dit F=3"}        # what contexts compile as they run
+    first.cache.shapes |= {"encoder T=8", "dit F=3"}        # what contexts compile as they run
     assert first.save() and path.read_bytes().startswith(MAGIC)
     assert [p.name for p in path.parent.iterdir()] == [path.name]        # no temporary file left
     written = path.stat().st_mtime_ns
     time.sleep(0.01)
     assert not first.save() and path.stat().st_mtime_ns == written       # unchanged: not rewritten
     second = RuntimeCache(FAKE_TRT, FakeEngine(), path)                  # the next process
-    assert second.cache.kernels == {b"encoder T=8", b"dit F=3"} and not second.save()
+    assert second.cache.shapes == {"encoder T=8", "dit F=3"} and not second.save()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
 def test_a_damaged_or_foreign_cache_is_ignored_then_rewritten(cache_dir, caplog, damage):
     path = cache_path(manifest(), "gpu", "1")
     good = RuntimeCache(FAKE_TRT, FakeEngine(), path)
-    good.cache.kernels.add(b"decoder n=2")
+    good.cache.shapes.add("decoder n=2")
     good.save()
     data = path.read_bytes()
     if damage == "garbage":
@@ -109,12 +83,12 @@ def test_a_damaged_or_foreign_cache_is_ignored_then_rewritten(cache_dir, caplog,
         path.write_bytes(MAGIC + rtxcache.hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob)
     with caplog.at_level(logging.WARNING, logger=rtxcache.__name__):
         cache = RuntimeCache(FAKE_TRT, FakeEngine(), path)
-    assert cache.cache.kernels == set()
+    assert cache.cache.shapes == set()
     assert ("made for another GPU" if damage == "foreign" else "is damaged") in caplog.text
     assert "will be rewritten" in caplog.text
-    cache.cache.kernels.add(b"decoder n=1")
+    cache.cache.shapes.add("decoder n=1")
     assert cache.save()
-    assert RuntimeCache(FAKE_TRT, FakeEngine(), path).cache.kernels == {b"decoder n=1"}
+    assert RuntimeCache(FAKE_TRT, FakeEngine(), path).cache.shapes == {"decoder n=1"}
 
 
 WRITER = """
@@ -122,11 +96,11 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from runtime.backends.rtxcache import RuntimeCache
-sys.path.insert(0, sys.argv[4])
-from test_runtime_cache import FAKE_TRT, FakeEngine
-cache = RuntimeCache(FAKE_TRT, FakeEngine(), Path(sys.argv[1]))
+from runtime.gpucheck.standin import RuntimeConfig, StandInTensorRT
+engine = type("Engine", (), {"create_runtime_config": lambda self: RuntimeConfig()})()
+cache = RuntimeCache(StandInTensorRT, engine, Path(sys.argv[1]))
 for i in range(60):
-    cache.cache.kernels = {f"{sys.argv[2]}-{i}".encode() * 2000}
+    cache.cache.shapes = {f"{sys.argv[2]}-{i}" * 2000}
     cache.save()
 """
 
@@ -134,7 +108,7 @@ for i in range(60):
 def test_two_processes_saving_at_once_leave_one_whole_cache(cache_dir):
     """Last writer wins, and a reader only ever sees a whole file of one writer."""
     path = cache_path(manifest(), "gpu", "1")
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, str(REPO), str(REPO / "tests")])
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, str(REPO)])
                for name in ("a", "b")]
     seen = set()
     while any(w.poll() is None for w in writers):
@@ -144,9 +118,9 @@ def test_two_processes_saving_at_once_leave_one_whole_cache(cache_dir):
             continue
         blob = rtxcache._blob(data)
         assert blob is not None, "a reader saw a partial or mixed file"
-        seen.add(blob[8:9])
+        seen.add(blob[9:10])
     assert [w.wait(60) for w in writers] == [0, 0]
-    last = RuntimeCache(FAKE_TRT, FakeEngine(), path).cache.kernels
-    assert last in ({b"a-59" * 2000}, {b"b-59" * 2000})
+    last = RuntimeCache(FAKE_TRT, FakeEngine(), path).cache.shapes
+    assert last in ({"a-59" * 2000}, {"b-59" * 2000})
     assert not [p for p in path.parent.iterdir() if p != path]           # no temporary file left
     assert seen <= {b"a", b"b"}
