@@ -7,12 +7,13 @@
 #                 [CALIB_RES=360p]   calibrate at that output size, apply the ranges at RES (e.g. RES=1080p)
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 #   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c
+#   make gpucheck-wheels                         wheels scripts/gpu-check.sh installs on a GPU machine without an index
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 RES       ?= 360p
 GPU       ?= rtx5090
 
-.PHONY: setup test demo engine bench embed clean
+.PHONY: setup test demo engine bench embed gpucheck-wheels clean
 setup: $(STAMP)
 
 # torch goes first and alone so that pip takes the pinned CPU wheel, never the CUDA build.
@@ -45,6 +46,12 @@ bench: $(STAMP)
 embed: $(STAMP)
 	cmake -S runtime/c -B build/c -DPython3_EXECUTABLE=$(abspath $(PY))
 	cmake --build build/c -j
+
+# PyAV, safetensors and tqdm for a GPU machine that has python3 + torch but no package index
+# (scripts/gpu-check.sh installs them from here; abi3 wheels: any CPython >= 3.11 on x86_64 Linux).
+gpucheck-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+		--python-version 3.11 -d build/gpucheck-wheels av==18.1.0 safetensors==0.8.0 tqdm==4.70.1
 
 clean:
 	rm -rf build exports engines/*.plan engines/.cache

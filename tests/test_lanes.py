@@ -1,7 +1,9 @@
-"""runtime/lanes.py's CudaLane, runtime/backends/cuda.py's buffers and streams and the TensorRT
-backend's engine runner, through fakes (no GPU): a TensorRT Session must give back every page-locked
-buffer and stream it allocated, and an engine call TensorRT would refuse must say why."""
-import ctypes
+"""runtime/lanes.py's CudaLane and runtime/backends/cuda.py's buffers, streams, devices and memory,
+through runtime/gpucheck/hostcuda.py's HostCudart (the CUDA runtime over host memory; no GPU): a
+TensorRT Session must give back every page-locked buffer, stream and device allocation it made,
+make every CUDA call on its own device whatever thread it runs on, and keep the memory pool.
+What only a GPU can show is in `python -m runtime.gpucheck`."""
+import gc
 import threading
 import types
 
@@ -9,73 +11,28 @@ import numpy as np
 import pytest
 
 from runtime.backend import Runner
-from runtime.backends.cuda import Cuda, Event, PinnedPool
+from runtime.backends import cuda as cuda_module
+from runtime.backends.cuda import KEEP_RESERVED, Cuda, CudaError, DeviceArray, Event, PinnedPool, copy_rows
+from runtime.gpucheck.hostcuda import HostCudart, use_host_cuda
 from runtime.lanes import CudaLane, OnDevice, StageStats, cuda_lanes
 
 
-class FakeCudart:
-    """The few cudart calls PinnedPool and Event make; host memory is ctypes buffers. Events
-    complete when synchronized (so a test can see close() wait for the last copy)."""
+@pytest.fixture
+def host_cuda():
+    """make(**HostCudart options) -> a Cuda over a HostCudart on `device`; the runtime's import is restored after."""
+    undo = []
 
-    cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorNotReady=600)
-    cudaEventDefault, cudaEventDisableTiming, cudaStreamNonBlocking = 0, 2, 1
-
-    def __init__(self):
-        self.buffers, self.freed, self.events = {}, [], {}
-        self.streams, self.streams_destroyed = 0, []
-
-    def cudaMallocHost(self, nbytes):
-        buffer = (ctypes.c_uint8 * nbytes)()
-        self.buffers[ctypes.addressof(buffer)] = buffer
-        return 0, ctypes.addressof(buffer)
-
-    def cudaFreeHost(self, ptr):
-        assert ptr in self.buffers and ptr not in self.freed, "freed twice or never allocated"
-        self.freed.append(ptr)
-        return (0,)
-
-    def cudaEventCreateWithFlags(self, flags):
-        handle = len(self.events) + 1
-        self.events[handle] = False
-        return 0, handle
-
-    def cudaEventRecord(self, event, stream):
-        return (0,)
-
-    def cudaEventQuery(self, event):
-        return (0 if self.events[event] else 600,)
-
-    def cudaEventSynchronize(self, event):
-        self.events[event] = True
-        return (0,)
-
-    def cudaEventDestroy(self, event):
-        return (0,)
-
-    def cudaStreamCreateWithFlags(self, flags):
-        self.streams += 1
-        return 0, self.streams
-
-    def cudaStreamDestroy(self, stream):
-        self.streams_destroyed.append(stream)
-        return (0,)
-
-    def cudaMallocAsync(self, nbytes, stream):          # device memory: addresses only
-        self.device_bytes = getattr(self, "device_bytes", 0) + nbytes
-        return 0, 0x10000 + self.device_bytes
-
-    def cudaFreeAsync(self, ptr, stream):
-        return (0,)
+    def make(device=0, **options):
+        rt = HostCudart(**options)
+        undo.append(use_host_cuda(rt))
+        return Cuda(device)
+    yield make
+    for restore in undo:
+        restore()
 
 
-def fake_cuda() -> Cuda:
-    cuda = Cuda.__new__(Cuda)            # no device: only the call wrapper and the runtime module
-    cuda.rt = FakeCudart()
-    return cuda
-
-
-def test_pinned_pool_close_frees_every_buffer_it_allocated():
-    cuda = fake_cuda()
+def test_pinned_pool_close_frees_every_buffer_it_allocated(host_cuda):
+    cuda = host_cuda(complete_on_record=False)
     pool = PinnedPool(cuda)
     uploaded = pool.array((2, 4, 4, 3))
     pool.release(uploaded, after=Event(cuda, timing=False).record(types.SimpleNamespace(handle=0)))
@@ -83,19 +40,19 @@ def test_pinned_pool_close_frees_every_buffer_it_allocated():
     pool.release(reused)
     again = pool.array((1, 4, 4, 3))            # free now: reused, nothing new
     downloading = pool.array((3, 4, 4, 3))      # handed out and never collected (a dropped download)
-    assert len(cuda.rt.buffers) == 3 and again.ctypes.data == reused.ctypes.data
+    assert len(cuda.rt.host_allocated) == 3 and again.ctypes.data == reused.ctypes.data
     assert downloading.shape == (3, 4, 4, 3)
     pool.close()
-    assert sorted(cuda.rt.freed) == sorted(cuda.rt.buffers)
-    assert all(cuda.rt.events.values())         # the busy buffer's copy was waited for first
+    assert sorted(cuda.rt.freed) == sorted(cuda.rt.host_allocated) and not cuda.rt.host_buffers
+    assert all(e["done"] for e in cuda.rt.events.values())    # the busy buffer's copy was waited for first
 
 
-def test_a_stream_is_destroyed_with_its_last_reference():
-    cuda = fake_cuda()
+def test_a_stream_is_destroyed_with_its_last_reference(host_cuda):
+    cuda = host_cuda()
     lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
-    assert cuda.rt.streams == len(lanes)
+    assert len(cuda.rt.streams) == len(lanes)
     del lanes
-    assert sorted(cuda.rt.streams_destroyed) == list(range(1, cuda.rt.streams + 1))
+    assert sorted(cuda.rt.streams_destroyed) == sorted(cuda.rt.streams)
 
 
 def test_runner_close_closes_the_lanes_then_the_kernels():
@@ -166,11 +123,139 @@ def test_cuda_lane_waits_on_the_producers_event_and_times_the_stage():
     assert device.log[-1] == ("record", "s2", False) and dit.ready(untimed)
 
 
+# ---- the device's memory pool, the driver, devices per thread ------------------------------------
+
+def test_the_default_pool_keeps_its_memory_across_synchronizations(host_cuda):
+    """cudaMemPoolAttrReleaseThreshold defaults to 0: every event or stream synchronization would give
+    the pool's memory back and the next chunk's cudaMallocAsync map it again."""
+    cuda = host_cuda(device=1, devices=2)
+    threshold = cuda.rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold
+    assert cuda.rt.pool_attributes == {(1001, threshold): KEEP_RESERVED}       # device 1's pool
+    assert ("cudaMemPoolSetAttribute", 1) in cuda.rt.calls
+
+
+def test_an_old_driver_says_update_the_driver(host_cuda):
+    with pytest.raises(CudaError, match=r"driver is too old.*supports CUDA 12\.4.*built for CUDA 13\.0.*Update the "
+                                        r"NVIDIA driver to one for CUDA 13\.x"):
+        host_cuda(driver=12040)
+    with pytest.raises(CudaError, match=r"no CUDA GPU found \(no NVIDIA driver is loaded\).*cpu bundle"):
+        host_cuda(driver=0)
+    with pytest.raises(CudaError, match=r"no CUDA GPU found \(cudaErrorNoDevice"):
+        host_cuda(devices=0)
+
+
+def run_a_stream(cuda: Cuda) -> None:
+    """What a TensorRT Session does with its Cuda: lanes, pinned buffers, device arrays made on one
+    stage's stream and copied on another's, events, timings, frees, closing."""
+    lanes = cuda_lanes(cuda, overlap=True, stats=StageStats())
+    pool = PinnedPool(cuda)
+    host = pool.array((2, 4, 4, 3))
+    frames = lanes["upload"].submit(lambda: DeviceArray(cuda, host.shape, "uint8"))
+    copied = lanes["encode"].submit(lambda f: copy_rows(cuda, DeviceArray(cuda, f.shape, "uint8"), 0, 48, f, 0, 48,
+                                                        48, 2), frames)
+    lanes["encode"].wait(copied)
+    cuda.elapsed_ms(Event(cuda, True), Event(cuda, True))
+    del frames, copied
+    cuda.collect()
+    cuda.memory_in_use()
+    for lane in lanes.values():
+        lane.close()
+    pool.close()
+    del lanes
+    gc.collect()
+
+
+def test_every_call_is_made_on_the_sessions_device_from_any_thread(host_cuda):
+    """A Session on device 1 driven from a thread whose current device is 0 (a serve replica's): its
+    streams, events, allocations, copies and frees all go to device 1, and the thread's own device is
+    left as it was."""
+    cuda = host_cuda(device=1, devices=2)
+    rt, seen = cuda.rt, {}
+
+    def stream_work():
+        rt.calls.clear()
+        run_a_stream(cuda)
+        seen["devices"] = {device for _, device in rt.calls}
+        seen["calls"] = {name for name, _ in rt.calls}
+        seen["thread's device after"] = rt.current()
+    worker = threading.Thread(target=stream_work)
+    worker.start()
+    worker.join()
+    assert {"cudaStreamCreateWithFlags", "cudaMallocHost", "cudaMallocAsync", "cudaEventRecord", "cudaFreeAsync",
+            "cudaFreeHost", "cudaMemGetInfo", "cudaStreamDestroy"} <= seen["calls"]
+    assert seen["devices"] == {1} and seen["thread's device after"] == 0
+
+
+def test_an_array_dropped_by_the_garbage_collector_inside_collect_does_not_hang(host_cuda):
+    """DeviceArray.__del__ retires its memory. The garbage collector can run it anywhere, e.g. while
+    this thread is inside collect(): retiring must not wait for collect's lock."""
+    cuda = host_cuda()
+    stream = cuda.new_stream()
+    with cuda.on(stream):
+        first = DeviceArray(cuda, (4,), "float32")
+        cycle = [DeviceArray(cuda, (8,), "float32")]
+    cycle.append(cycle)                     # freed only by the garbage collector
+    collected = []
+
+    def collect_during_collect(name):
+        if name == "cudaEventQuery" and not collected:      # inside collect(), holding its lock
+            collected.append(gc.collect())
+    done = threading.Event()
+
+    def work():
+        gc.disable()
+        try:
+            nonlocal first, cycle
+            del first, cycle
+            cuda.rt.hook = collect_during_collect
+            cuda.collect()
+            cuda.collect()
+            done.set()
+        finally:
+            gc.enable()
+    threading.Thread(target=work, daemon=True).start()
+    assert done.wait(10), "collect() hung: a __del__ run inside it waited for its lock"
+    assert collected and len(cuda.rt.freed) == 2 and not cuda.rt.device_buffers
+
+
+def test_the_calls_fit_the_installed_cuda_python():
+    """Every call a Session makes, with its argument types, accepted by the real cuda-python (where it
+    is installed and no driver is loaded: each call then fails with cudaErrorInsufficientDriver after
+    checking its arguments, e.g. a plain int refused as a release threshold)."""
+    bindings = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
+    from cuda.bindings import driver as real_driver
+    if bindings.cudaDriverGetVersion()[1]:
+        pytest.skip("an NVIDIA driver is loaded here: python -m runtime.gpucheck runs these calls for real")
+    host = HostCudart(devices=2)
+
+    class Checked:
+        """The host stand-in, each call first handed to the real binding with the same arguments."""
+        cudaError_t, cudaMemPoolAttr = bindings.cudaError_t, bindings.cudaMemPoolAttr
+        cudaMemcpyKind = bindings.cudaMemcpyKind
+        cudaEventDefault, cudaEventDisableTiming = bindings.cudaEventDefault, bindings.cudaEventDisableTiming
+        cudaStreamNonBlocking = bindings.cudaStreamNonBlocking
+        checked = set()
+
+        def __getattr__(self, name):
+            real, fake = getattr(bindings, name), getattr(host, name)
+
+            def call(*args):
+                err = real(*args)[0]                 # raises on an argument of the wrong type or count
+                assert isinstance(err, bindings.cudaError_t), (name, err)
+                self.checked.add(name)
+                out = fake(*args)
+                return (bindings.cudaError_t(out[0]), *out[1:])
+            return call
+    rt = Checked()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cuda_module, "import_cuda", lambda: (rt, real_driver))
+        run_a_stream(Cuda(1))
+    assert {"cudaMemPoolSetAttribute", "cudaMallocAsync", "cudaFreeAsync", "cudaMallocHost", "cudaFreeHost",
+            "cudaEventRecord", "cudaStreamWaitEvent", "cudaEventQuery", "cudaEventSynchronize", "cudaMemcpy2DAsync",
+            "cudaEventElapsedTime", "cudaStreamDestroy", "cudaGetDeviceProperties", "cudaSetDevice"} <= rt.checked
+
+
 # ---- the TensorRT backend's engine runner --------------------------------------------------------
-
-class FakeStream:
-    handle = 7
-
 
 class FakeEngine:
     """What EngineRunner asks of a TensorRT engine: one optimization profile, frames T in 4..12."""
@@ -207,21 +292,21 @@ class FakeContext:
         return True
 
 
-def test_engine_runner_refuses_an_input_outside_the_profile_by_name():
+def test_engine_runner_refuses_an_input_outside_the_profile_by_name(host_cuda):
     from contract.graphs import Graph, Tensor
     from runtime.backends.cuda import DeviceArray
     from runtime.backends.tensorrt import EngineRunner
     from runtime.errors import RuntimeSetupError
-    cuda = fake_cuda()
-    cuda._local, cuda._retired, cuda._lock = threading.local(), [], threading.Lock()
-    cuda._local.stream = FakeStream()
+    cuda = host_cuda()
     graph = Graph("encoder", "encoder", "encoder.engine", (Tensor("frames", ("T", 16, 16, 3), "uint8"),),
                   (Tensor("latents", (1, 48, "F", 8, 8), "float16"),), {"T": {"min": 4, "opt": 8, "max": 12}})
     context = FakeContext()
     runner = EngineRunner(types.SimpleNamespace(cuda=cuda, engines={"encoder": FakeEngine()}), {"encoder": context})
-    out = runner.run(graph, {"frames": DeviceArray(cuda, (8, 16, 16, 3), "uint8")})["latents"]
+    stream = cuda.new_stream()
+    with cuda.on(stream):
+        out = runner.run(graph, {"frames": DeviceArray(cuda, (8, 16, 16, 3), "uint8")})["latents"]
     assert (out.shape, out.nbytes, context.enqueued) == ((1, 48, 2, 8, 8), 48 * 2 * 64 * 2, 1)
-    with pytest.raises(RuntimeSetupError, match=r"^engine encoder: input frames of shape \[40, 16, 16, 3\] is outside "
+    with cuda.on(stream), pytest.raises(RuntimeSetupError, match=r"^engine encoder: input frames of shape \[40, 16, 16, 3\] is outside "
                                                 r"its optimization profile \(min \[4, 16, 16, 3\], max \[12, 16, 16, 3\]\)$"):
         runner.run(graph, {"frames": DeviceArray(cuda, (40, 16, 16, 3), "uint8")})
     assert context.enqueued == 1                       # nothing was enqueued for it

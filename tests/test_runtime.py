@@ -443,6 +443,7 @@ def test_benchmark_reports_stages_throughput_and_memory(cpu_bundle, tmp_path):
     done = cli_without_torch("--engine", cpu_bundle, "--benchmark", "--bench-chunks", 2, "--stats", stats)
     assert done.returncode == 0, done.stderr
     assert "overlap" in done.stderr and "sequential" in done.stderr and "n/a (CPU)" in done.stderr
+    assert "warm-up: every shape a stream uses (encoder T [4, 8, 12], DiT F [2, 3], decoder n [1, 2, 3])" in done.stderr
     modes = json.loads(stats.read_text())["modes"]
     for mode in modes.values():
         assert mode["frames"] == 2 * CLIP_LEN and mode["fps"] > 0 and mode["peak_device_memory_bytes"] is None
@@ -495,3 +496,15 @@ def test_cli_torch_speed_up_flags_keep_the_frames(tmp_path):
         frames[name] = np.frombuffer(out.stdout, np.uint8).reshape(-1, 64, 64, 3)
     assert len(frames["plain"]) == 9
     assert np.abs(frames["plain"].astype(int) - frames["fast"].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("clip_len,overlap", [(4, 0), (8, 0), (8, 1), (24, 0), (24, 2)])
+def test_the_benchmark_warm_up_makes_every_call_shape_of_any_stream(clip_len, overlap):
+    """A shape first seen in the timed part would be timed with its compilation (TensorRT-RTX kernels,
+    torch.compile, CUDA graph capture), and missing from TensorRT-RTX's runtime cache afterwards."""
+    from runtime.throughput import stream_shapes, warm_up_streams
+    warmed = set().union(*(stream_shapes(f, clip_len, overlap) for f in warm_up_streams(clip_len) + [2 * clip_len + 5]))
+    every = set().union(*(stream_shapes(f, clip_len, overlap) for f in range(1, 5 * clip_len + 12)))
+    assert warmed == every
+    assert {n for s, n in every if s == "encoder"} == set(range(4, clip_len + 5, 4))
+    assert {n for s, n in every if s == "decoder"} == set(range(1, clip_len // 4 + 2))

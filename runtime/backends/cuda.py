@@ -5,11 +5,22 @@ page-locked host memory (cudaMallocHost) and async copies. Every call's error co
 
 `Cuda` is also the CudaDevice a TensorRT Session's CudaLanes (runtime/lanes.py) run on.
 
+The current device is per thread in CUDA, and a Session may be opened and driven from any thread
+(a serve replica's, a C caller's): every call goes through `Cuda.call`, which makes this Cuda's
+device current for the call and puts the thread's own device back after it, so nothing lands on
+(or creates a context on) device 0 by accident, and the caller's device is left as it was.
+
 Device arrays are allocated on the stream of the stage that makes them and used on others. When
-Python drops one, an event is recorded on every stream that used it, and the memory is given back
-(cudaFreeAsync) once those events have completed: no stream ever waits for a free, and memory in
-use stays bounded by the chunks in flight.
+Python drops one, `retire` only notes it (it may run inside the garbage collector, on any thread,
+in the middle of other work here, so it takes no lock and makes no CUDA call); the next `collect`
+records an event on every stream that used it and gives the memory back (cudaFreeAsync) once those
+events have completed: no stream ever waits for a free, and memory in use stays bounded by the
+chunks in flight. The device's default memory pool keeps what it has reserved (release threshold
+raised), so the next chunk's cudaMallocAsync reuses it instead of mapping memory again after every
+synchronization.
 """
+import collections
+import contextlib
 import ctypes
 import math
 import threading
@@ -20,20 +31,27 @@ from ..errors import MissingPackageError, RuntimeSetupError
 from ..nest import flatten
 
 ITEMSIZE = {"uint8": 1, "int8": 1, "bool": 1, "float16": 2, "bfloat16": 2, "float32": 4, "int32": 4, "int64": 8}
+KEEP_RESERVED = 2**64 - 1      # cudaMemPoolAttrReleaseThreshold: never trim the pool at a synchronization
 
 
-def import_cudart():
+def import_cuda():
+    """(the CUDA runtime module, the driver module) of cuda-python."""
     try:
-        from cuda.bindings import runtime as cudart
+        from cuda.bindings import driver, runtime
     except ImportError as e:
-        try:                                     # cuda-python before 12.6 named it cuda.cudart
-            from cuda import cudart
+        try:                                     # cuda-python before 12.6 named them cuda.cudart, cuda.cuda
+            from cuda import cuda as driver, cudart as runtime
         except ImportError:
             raise MissingPackageError("the TensorRT backend (device memory and CUDA streams)",
                                       "cuda.bindings (cuda-python)",
                                       'pip install "cuda-python>=12"   (13.x for TensorRT-RTX cu13 builds)',
                                       e) from None
-    return cudart
+    return runtime, driver
+
+
+def cuda_version(number: int) -> str:
+    """CUDA's version numbers (1000 * major + 10 * minor) as "13.0"."""
+    return f"{number // 1000}.{number % 1000 // 10}"
 
 
 class CudaError(RuntimeSetupError):
@@ -44,32 +62,58 @@ class Cuda:
     """The CUDA runtime on one device, with error checking and a per-thread current stream."""
 
     def __init__(self, device: int = 0):
-        self.rt = rt = import_cudart()
-        driver = rt.cudaDriverGetVersion()[1]
+        rt, self.driver = import_cuda()
+        self.rt, self.device = rt, device
+        driver = rt.cudaDriverGetVersion()[1]          # 0: no driver loaded
         err, count = rt.cudaGetDeviceCount()
+        if err == rt.cudaError_t.cudaErrorInsufficientDriver and driver:
+            built_for = cuda_version(rt.cudaRuntimeGetVersion()[1])
+            raise CudaError(f"the NVIDIA driver is too old for this cuda-python: the driver supports CUDA "
+                            f"{cuda_version(driver)}, cuda-python is built for CUDA {built_for}. Update the NVIDIA "
+                            f"driver to one for CUDA {built_for.split('.')[0]}.x or newer (or install cuda-python "
+                            f"{driver // 1000}.x and a TensorRT built for CUDA {driver // 1000})")
         if err != rt.cudaError_t.cudaSuccess or count == 0:
             why = "no NVIDIA driver is loaded" if not driver else self.error_text(err) if err else "no GPU is visible"
             raise CudaError(f"no CUDA GPU found ({why}). TensorRT bundles need an NVIDIA GPU: on this machine use "
                             f"a cpu bundle / export folder (ONNX Runtime) or --backend torch")
         if device >= count:
             raise CudaError(f"CUDA device {device} does not exist ({count} visible)")
-        self.device = device
-        self.call(rt.cudaSetDevice, device)
         props = self.call(rt.cudaGetDeviceProperties, device)
         self.name = props.name.split(b"\0", 1)[0].decode()
         self.compute_capability = f"{props.major}.{props.minor}"
         self.total_memory = props.totalGlobalMem
+        pool = self.call(rt.cudaDeviceGetDefaultMemPool, device)
+        self.call(rt.cudaMemPoolSetAttribute, pool, rt.cudaMemPoolAttr.cudaMemPoolAttrReleaseThreshold,
+                  self.driver.cuuint64_t(KEEP_RESERVED))
         self.peak_in_use = 0
         self._local = threading.local()
-        self._retired = []              # (ptr, alloc stream, [events]) waiting for their last use
-        self._lock = threading.Lock()
+        self._retired = collections.deque()   # (ptr, alloc stream, streams that used it): dropped by Python
+        self._waiting = []                    # (ptr, alloc stream, [events]): freed once the events complete
+        self._collecting = threading.Lock()
 
     def error_text(self, err) -> str:
         name = self.rt.cudaGetErrorName(err)[1].decode()
         return f"{name}: {self.rt.cudaGetErrorString(err)[1].decode()}"
 
+    @contextlib.contextmanager
+    def current(self):
+        """This Cuda's device is the thread's current one inside; the thread's own comes back after."""
+        rt = self.rt
+        err, before = rt.cudaGetDevice()
+        switch = err != rt.cudaError_t.cudaSuccess or before != self.device
+        if switch:
+            err, = rt.cudaSetDevice(self.device)
+            if err != rt.cudaError_t.cudaSuccess:
+                raise CudaError(f"cudaSetDevice({self.device}) failed: {self.error_text(err)}")
+        try:
+            yield
+        finally:
+            if switch and before is not None:
+                rt.cudaSetDevice(before)
+
     def call(self, fn, *args):
-        err, *rest = fn(*args)
+        with self.current():
+            err, *rest = fn(*args)
         if err != self.rt.cudaError_t.cudaSuccess:
             raise CudaError(f"{fn.__name__} failed: {self.error_text(err)}")
         return rest[0] if len(rest) == 1 else tuple(rest) if rest else None
@@ -79,18 +123,17 @@ class Cuda:
     def stream(self) -> "Stream":
         return self._local.stream
 
+    @contextlib.contextmanager
     def on(self, stream: "Stream"):
-        cuda = self
-
-        class _On:
-            def __enter__(self):
-                cuda.call(cuda.rt.cudaSetDevice, cuda.device)     # the runtime's device is per thread
-                self.before = getattr(cuda._local, "stream", None)
-                cuda._local.stream = stream
-
-            def __exit__(self, *exc):
-                cuda._local.stream = self.before
-        return _On()
+        """`stream` is the current stream, and this Cuda's device the current device, inside: what
+        runs there (TensorRT's enqueue included) launches on them."""
+        before = getattr(self._local, "stream", None)
+        with self.current():
+            self._local.stream = stream
+            try:
+                yield
+            finally:
+                self._local.stream = before
 
     # ---- what a CudaLane needs (runtime/lanes.py CudaDevice) ------------------------------------
     def new_stream(self) -> "Stream":
@@ -120,24 +163,26 @@ class Cuda:
 
     # ---- memory ---------------------------------------------------------------------------------
     def retire(self, ptr: int, stream: "Stream", users: set) -> None:
-        events = []
-        for user in users:
-            event = Event(self, timing=False)
-            event.record(user)
-            events.append(event)
-        with self._lock:
-            self._retired.append((ptr, stream, events))
+        """A dropped DeviceArray's memory, to free once its last uses are done. Runs in __del__: on any
+        thread, maybe inside the garbage collector while this thread is in collect(), so it only
+        appends (atomic in a deque): no lock to wait for, no CUDA call."""
+        self._retired.append((ptr, stream, users))
 
     def collect(self) -> None:
-        """Free the retired allocations whose last uses have completed."""
-        with self._lock:
+        """Free the retired allocations whose last uses have completed. An event recorded now on each
+        stream that used an array follows its last use: the array was dropped after that use was
+        enqueued, and nothing can use it since."""
+        with self._collecting:
+            while self._retired:
+                ptr, stream, users = self._retired.popleft()
+                self._waiting.append((ptr, stream, [Event(self, timing=False).record(u) for u in users]))
             keep = []
-            for ptr, stream, events in self._retired:
+            for ptr, stream, events in self._waiting:
                 if all(e.done() for e in events):
                     self.call(self.rt.cudaFreeAsync, ptr, stream.handle)
                 else:
                     keep.append((ptr, stream, events))
-            self._retired = keep
+            self._waiting = keep
 
     def memory_in_use(self) -> int:
         """Bytes in use on the whole device (all processes), as the driver reports."""
@@ -159,9 +204,9 @@ class Stream:
 
     def __del__(self):
         # Work still queued completes first (CUDA releases the stream after it). Arrays waiting to
-        # be freed on this stream hold it (Cuda._retired), so it outlives them.
+        # be freed on this stream hold it (Cuda._retired / _waiting), so it outlives them.
         try:
-            self.cuda.rt.cudaStreamDestroy(self.handle)
+            self.cuda.call(self.cuda.rt.cudaStreamDestroy, self.handle)
         except Exception:        # interpreter shutdown
             pass
 
@@ -178,7 +223,8 @@ class Event:
         return self
 
     def done(self) -> bool:
-        err, = self.cuda.rt.cudaEventQuery(self.handle)
+        with self.cuda.current():
+            err, = self.cuda.rt.cudaEventQuery(self.handle)
         if err == self.cuda.rt.cudaError_t.cudaErrorNotReady:
             return False
         if err != self.cuda.rt.cudaError_t.cudaSuccess:
@@ -193,7 +239,7 @@ class Event:
 
     def __del__(self):
         try:
-            self.cuda.rt.cudaEventDestroy(self.handle)
+            self.cuda.call(self.cuda.rt.cudaEventDestroy, self.handle)
         except Exception:        # interpreter shutdown
             pass
 

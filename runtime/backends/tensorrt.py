@@ -7,12 +7,15 @@ Loading checks, in this order, so that each failure says what to do:
   4. `Runtime.get_engine_validity` accepts every engine (TensorRT version, compute capability,
      driver, memory), before anything is deserialized.
 
-Shared by all Sessions: the Runtime and the deserialized engines (read-only). Per Session (in
-TensorRTKernels): one execution context per engine, CUDA streams per stage, the boundary states and
-latent history as device arrays. The stages are contract/chain.py's GraphChain over EngineRunner
-(one engine run on the current stream); engine I/O dtypes are checked against the manifest on load. Each stage runs on its own stream and waits for its inputs with
-events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk k-1 overlap
-on the GPU; frames go up from and come back to pinned host buffers.
+Shared by all Sessions: the Runtime, the deserialized engines (read-only) and, for TensorRT-RTX,
+the runtime cache of the kernels it compiles on this GPU (rtxcache.py: loaded with the bundle,
+saved as Sessions close). Per Session (in TensorRTKernels): one execution context per engine, CUDA
+streams per stage, the boundary states and latent history as device arrays. The stages are
+contract/chain.py's GraphChain over EngineRunner (one engine run on the current stream); engine I/O
+dtypes are checked against the manifest on load. Everything runs with the bundle's GPU as the
+current device, from whatever thread (cuda.py). Each stage runs on its own stream and waits for its
+inputs with events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk
+k-1 overlap on the GPU; frames go up from and come back to pinned host buffers.
 """
 import numpy as np
 
@@ -23,6 +26,7 @@ from contract.chain import GraphChain
 
 from ..backend import LoadedModel
 from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
+from .rtxcache import RuntimeCache, cache_path
 from ..errors import MissingPackageError, RuntimeSetupError
 from ..lanes import StageStats, cuda_lanes
 from ..spec import plan_from_meta, spec_from_meta
@@ -69,6 +73,14 @@ class TensorRTModel(LoadedModel):
                                     f"{gpu}. Build a bundle for it: python -m engines --export DIR --gpu NAME "
                                     f"(see engines/profiles.py; Hopper needs full TensorRT, or use --backend torch)")
         self.spec = spec_from_meta(manifest, str(bundle.path), "tensorrt", f"{gpu}, bundle for {target['gpu']}")
+        with self.cuda.current():
+            self._load_engines(bundle, trt, built_with, gpu)
+        self.plan = execution_plan(manifest, str(bundle.path))
+        check_engine_io(trt, self.plan, self.engines, str(bundle.path))
+
+    def _load_engines(self, bundle, trt, built_with: str, gpu: str) -> None:
+        manifest = bundle.manifest
+        target, flavour = manifest["target"], manifest["target"]["flavour"]
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {}
         for entry in manifest["engines"]:
@@ -91,8 +103,32 @@ class TensorRTModel(LoadedModel):
                 raise RuntimeSetupError(f"{bundle.path}: TensorRT could not deserialize {entry['member']} (see the "
                                         f"TensorRT messages above)")
             self.engines[entry["name"]] = engine
-        self.plan = execution_plan(manifest, str(bundle.path))
-        check_engine_io(trt, self.plan, self.engines, str(bundle.path))
+        # Full TensorRT builds its kernels ahead of time: no runtime cache, contexts made plainly.
+        self.runtime_cache, self.runtime_configs = None, {}
+        if flavour == "tensorrt-rtx":
+            first = next(iter(self.engines.values()))
+            self.runtime_cache = RuntimeCache(trt, first, cache_path(manifest, self.cuda.name, trt.__version__))
+            self.runtime_configs = {name: self.runtime_cache.config(e) for name, e in self.engines.items()}
+
+    def execution_context(self, name: str):
+        """A new execution context of engine `name` (with the runtime cache for TensorRT-RTX), on this GPU."""
+        engine = self.engines[name]
+        with self.cuda.current():
+            if name in self.runtime_configs:
+                context = engine.create_execution_context(self.runtime_configs[name])
+            else:
+                context = engine.create_execution_context()
+        if context is None:
+            raise RuntimeSetupError(f"TensorRT could not create an execution context for {name} "
+                                    f"(out of GPU memory?)")
+        return context
+
+    def save_runtime_cache(self) -> None:
+        if self.runtime_cache is not None:
+            self.runtime_cache.save()
+
+    def close(self) -> None:
+        self.save_runtime_cache()
 
     def kernels(self):
         return TensorRTKernels(self)
@@ -112,13 +148,8 @@ class TensorRTModel(LoadedModel):
 class TensorRTKernels:
     def __init__(self, model: TensorRTModel):
         self.m, self.cuda = model, model.cuda
-        self.plan, self.contexts = model.plan, {}
-        for graph in self.plan.graphs():
-            context = model.engines[graph.name].create_execution_context()
-            if context is None:
-                raise RuntimeSetupError(f"TensorRT could not create an execution context for {graph.name} "
-                                        f"(out of GPU memory?)")
-            self.contexts[graph.name] = context
+        self.plan = model.plan
+        self.contexts = {graph.name: model.execution_context(graph.name) for graph in self.plan.graphs()}
         self.pinned = PinnedPool(self.cuda)
         self.graphs = EngineRunner(model, self.contexts)
         # The stages are the contract's graph chain (contract/chain.py) over the contexts.
@@ -176,9 +207,10 @@ class TensorRTKernels:
 
     def close(self) -> None:
         """Frees this stream's page-locked buffers and the device arrays it has let go (the lanes
-        have finished their work)."""
+        have finished their work), and saves the kernels compiled meanwhile (TensorRT-RTX)."""
         self.pinned.close()
         self.cuda.collect()
+        self.m.save_runtime_cache()
 
 
 class EngineRunner:

@@ -3,8 +3,19 @@
 Each stage function becomes a CudaGraphStage: replayed from one captured graph per input key
 (the nest's structure and each tensor's shape and dtype). Graphs and their buffers belong to one
 Session's TorchKernels, so Sessions in other threads never share them.
+
+Captures use CUDAGraph.capture_begin/capture_end directly, not torch.cuda.graph: that context
+captures every graph of the process on one class-wide stream (two Sessions capturing at once in two
+threads would begin two captures on the same stream), and on entry it synchronizes the whole device
+and empties the caching allocators, stalling every other Session's work in the middle of a stream.
+Here each stage captures on a stream of its own, one capture at a time in the process (torch's
+documented rule, CAPTURING).
 """
+import threading
+
 from ...nest import flatten, rebuild
+
+CAPTURING = threading.Lock()     # held for the whole of each capture in this process
 
 
 def graph_key(args) -> tuple:
@@ -29,11 +40,14 @@ class CudaGraphStage:
     static outputs stay referenced, so no capture can reuse another's live output memory.
     """
 
-    def __init__(self, fn, device, capture_on_call: int = 2, warmup_runs: int = 2):
-        import torch
+    def __init__(self, fn, device, capture_on_call: int = 2, warmup_runs: int = 2, torch=None):
+        if torch is None:
+            import torch
         self.torch, self.fn, self.device = torch, fn, device
         self.capture_on_call, self.warmup_runs = capture_on_call, warmup_runs
         self.pool = torch.cuda.graph_pool_handle()
+        # Graphs sharing a pool are captured on one stream (torch's advice for pool reuse).
+        self.capture_stream = torch.cuda.Stream(device)
         self.graphs: dict = {}        # key -> (CUDAGraph, static inputs, static output nest)
         self.calls: dict = {}         # key -> eager calls so far
         self.captures = 0
@@ -70,7 +84,11 @@ class CudaGraphStage:
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: work other Sessions' threads issue meanwhile is neither captured nor refused.
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            static_outputs = self.fn(*static_args)
+        with CAPTURING, torch.cuda.stream(self.capture_stream):
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                static_outputs = self.fn(*static_args)
+            finally:
+                graph.capture_end()
         self.captures += 1
         return graph, static_inputs, static_outputs
