@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from video import VideoError, VideoInfo, VideoReader, VideoWriter
+from video import VideoError, VideoReader, VideoWriter
 from video.resize import describe_resize, output_sample_aspect, resize_frames
 
 from .backend import LoadedModel
@@ -77,10 +77,13 @@ class RunResult:
                 "stages": self.stages, "memory": self.memory}
 
 
-def check_input_size(model, width: int, height: int, resize: str | None, suggestions=()) -> None:
+def check_input_size(model, width: int, height: int, resize: str | None, engine: str | None = None) -> None:
+    """Frames of another size than the model's need `resize`; the error names the bundles and export
+    folders beside `engine` (where the model came from) that are built for the input's size."""
     want = model.spec.input_size
     if (width, height) == tuple(want) or resize:
         return
+    suggestions = bundles_for_size(Path(engine).parent, (width, height)) if engine else []
     fits = "".join(f"\n  {s}" for s in suggestions)
     hint = (f"These are built for {width}x{height}:{fits}" if fits else
             f"Build one for it: python -m export ... --input {width}x{height} --res OUTPUT_WxH, then "
@@ -125,31 +128,23 @@ def restore_video(model, source: str, target: str, *, reader_options: dict | Non
         try:
             if stop.is_set():
                 return RunResult(interrupted=True)
-            writer = open_writer(model, reader, target, resize, engine, writer_options or {}, say)
-            return drive(model, reader, writer, resize=resize if _resizing(info, model, resize) else None,
-                         in_flight=in_flight, overlap=overlap, stop=stop, progress=progress, on_frames=on_frames)
+            check_input_size(model, info.width, info.height, resize, engine)
+            resized = resize if resize and (info.width, info.height) != tuple(model.spec.input_size) else None
+            writer = open_writer(model, reader, target, resized, writer_options or {}, say)
+            return drive(model, reader, writer, resize=resized, in_flight=in_flight, overlap=overlap, stop=stop,
+                         progress=progress, on_frames=on_frames)
         finally:
             if made:
                 model.close()
 
 
-def _resizing(info: VideoInfo, model, resize: str | None) -> bool:
-    return bool(resize) and (info.width, info.height) != tuple(model.spec.input_size)
-
-
-def open_writer(model, reader: VideoReader, target: str, resize: str | None, engine: str | None,
-                writer_options: dict, say) -> VideoWriter:
-    """Checks the input size, says what runs, and opens the output with the pixel aspect that shows
-    it as the input is shown (one rule, see resize.py) and the input's audio."""
+def open_writer(model, reader: VideoReader, target: str, resized: str | None, writer_options: dict,
+                say) -> VideoWriter:
+    """Says what runs, and opens the output with the pixel aspect that shows it as the input is shown
+    (one rule, see resize.py; resized: the mode when the frames are resized) and the input's audio."""
     info, spec = reader.info, model.spec
     size = (info.width, info.height)
-    if size != tuple(spec.input_size) and not resize and engine:
-        suggestions = bundles_for_size(Path(engine).parent, size)
-    else:
-        suggestions = []
-    check_input_size(model, info.width, info.height, resize, suggestions)
     say(f"{info.describe()}\nmodel: {spec.describe()}")
-    resized = resize if _resizing(info, model, resize) else None
     if resized:
         say(describe_resize(size, info.sample_aspect_ratio, spec.input_size, spec.output_size, resized))
     out_info = dataclasses.replace(info, sample_aspect_ratio=output_sample_aspect(
