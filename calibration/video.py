@@ -1,7 +1,9 @@
 """Calibration clips: decoded to RGB frames of the export's input size, with their sha256.
 
-A clip of another size is resized (PyAV's swscale, bicubic) and the record says so: calibration
-wants the activations the graphs will see, and the runtime resizes such a clip the same way.
+Calibration wants the activations the graphs will see, so a clip is read as the runtime reads its
+input: video.VideoReader decodes it, and a clip of another size is resized by video/resize.py as
+`runtime.stream --resize` resizes one (stretched; area averaging when shrinking, bicubic when
+enlarging). The record says so.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,32 +32,28 @@ class Clip:
 
 def read_clip(path, size: tuple[int, int], max_frames: int | None = None) -> Clip:
     """Decode up to `max_frames` frames of `path` as `size` (W, H) RGB; CalibrationError if unreadable."""
-    import av
+    from video import VideoError, VideoReader
+    from video.resize import resize_frames
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"calibration video {path} does not exist")
-    width, height = size
-    frames, source = [], None
+    batches, count = [], 0
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise CalibrationError(f"calibration video {path} has no video stream")
-            for frame in container.decode(video=0):
-                source = source or (frame.width, frame.height)
-                frames.append(frame.reformat(width=width, height=height, format="rgb24",
-                                             interpolation="BICUBIC").to_ndarray())
-                if max_frames and len(frames) >= max_frames:
+        # VideoReader refuses a file without a decodable frame, and raises on damage after the frames before it.
+        with VideoReader(path) as reader:
+            source = (reader.info.width, reader.info.height)
+            while not (max_frames and count >= max_frames):
+                frames = reader.read(min(24, max_frames - count) if max_frames else 24)
+                if not len(frames):
                     break
-    except CalibrationError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
+                batches.append(resize_frames(frames, size))
+                count += len(frames)
+    except VideoError as e:
         raise CalibrationError(f"calibration video {path} is unreadable: {e}") from None
-    if not frames:
-        raise CalibrationError(f"calibration video {path} has no decodable frames")
     notes = []
-    if source != (width, height):
-        notes.append(f"resized from {source[0]}x{source[1]} to the export's input size {width}x{height}")
-    return Clip(str(path), sha256_file(path), np.stack(frames), source, notes)
+    if source != tuple(size):
+        notes.append(f"resized from {source[0]}x{source[1]} to the export's input size {size[0]}x{size[1]}")
+    return Clip(str(path), sha256_file(path), np.concatenate(batches), source, notes)
 
 
 def check_length(clip: Clip, clip_len: int) -> None:

@@ -95,51 +95,50 @@ class Runner:
 
     def __init__(self, kernels: Kernels, lanes: dict):
         self.kernels, self.lanes = kernels, lanes
-        self.k = kernels
 
     def host_frames(self, count: int) -> np.ndarray:
-        return self.k.host_frames(count)
+        return self.kernels.host_frames(count)
 
     def zero_state(self, which: str):
-        return self.lanes["encode" if which == "encoder" else "decode"].submit(self.k.zero_state, which, timed=False)
+        return self.lanes["encode" if which == "encoder" else "decode"].submit(self.kernels.zero_state, which, timed=False)
 
     def upload(self, host: np.ndarray):
-        return self.lanes["upload"].submit(self.k.upload, host)
+        return self.lanes["upload"].submit(self.kernels.upload, host)
 
     def encode(self, frames, state):
-        return self.lanes["encode"].submit(self.k.encode, frames, state, outputs=2)
+        return self.lanes["encode"].submit(self.kernels.encode, frames, state, outputs=2)
 
     def dit(self, latents, chunk=None):
         # The chunk's RoPE offset is not needed: every backend uses offset 0 (swiftvr/pipeline.py).
-        return self.lanes["dit"].submit(self.k.dit, latents)
+        return self.lanes["dit"].submit(self.kernels.dit, latents)
 
     def decode(self, latents, state):
-        return self.lanes["decode"].submit(self.k.decode, latents, state, outputs=2)
+        return self.lanes["decode"].submit(self.kernels.decode, latents, state, outputs=2)
 
     def download(self, frames, start: int, count: int):
-        return self.lanes["download"].submit(self.k.download, frames, start, count)
+        return self.lanes["download"].submit(self.kernels.download, frames, start, count)
 
     emit = download      # what run_chunk does with a chunk's frames: start their copy to the host
 
     # array ops run untimed on the lane of the stage that needs them
     def concat(self, a, b, stage: str):
-        return self.lanes[stage].submit(self.k.concat, a, b, timed=False)
+        return self.lanes[stage].submit(self.kernels.concat, a, b, timed=False)
 
     def take_last(self, x, n: int, stage: str):
-        return self.lanes[stage].submit(self.k.take_last, x, n, timed=False)
+        return self.lanes[stage].submit(self.kernels.take_last, x, n, timed=False)
 
     def zeros(self, like, n: int, stage: str):
-        return self.lanes[stage].submit(self.k.zeros, like, n, timed=False)
+        return self.lanes[stage].submit(self.kernels.zeros, like, n, timed=False)
 
     def ready(self, ticket) -> bool:
         return self.lanes["download"].ready(ticket)
 
     def result(self, ticket) -> np.ndarray:
         """Wait for a download and return its frames."""
-        return self.k.finish(self.lanes["download"].wait(ticket))
+        return self.kernels.finish(self.lanes["download"].wait(ticket))
 
     def close(self) -> None:
         """Waits for the lanes' work, then lets the Kernels free what they allocated."""
         for lane in self.lanes.values():
             lane.close()
-        self.k.close()
+        self.kernels.close()

@@ -29,6 +29,3 @@ def import_or_explain(module: str, what: str, pip: str):
 class InputSizeError(RuntimeSetupError, ValueError):
     """Frames of a size the loaded model was not built for."""
 
-
-class StreamInterrupted(RuntimeError):
-    """A stop signal (SIGINT, SIGTERM, SIGHUP) ended a run; what was restored before it was written out."""

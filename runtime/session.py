@@ -29,24 +29,25 @@ from contract.chunks import Chunk, ChunkPlanner, FrameBuffer, StreamState, run_c
 from .backend import LoadedModel
 from .errors import InputSizeError
 from .lanes import StageStats
-from video.resize import resize_frames
 
 
 class Session:
-    def __init__(self, model, *, in_flight: int = 1, overlap: bool | None = None, resize: bool = False):
-        """model: a LoadedModel (shared with other Sessions) or anything load_bundle() takes.
-        in_flight: chunks under way at once (1: push() returns each chunk's frames before it returns).
-        overlap: run the stages on their own lanes (threads / CUDA streams); default: in_flight > 1.
-        resize: resize frames of another size to the model's input size instead of raising."""
+    def __init__(self, model: LoadedModel, *, in_flight: int | None = None, overlap: bool | None = None):
+        """model: a LoadedModel (load_bundle, load_torch), shared with other Sessions.
+        in_flight: chunks under way at once (1: push() returns each chunk's frames before it returns);
+        default: the model's default_in_flight (3 on a GPU, 1 on the CPU).
+        overlap: run the stages on their own lanes (threads / CUDA streams); default: in_flight > 1."""
         if not isinstance(model, LoadedModel):
-            from .load import load_bundle
-            model = load_bundle(model)
+            raise TypeError(f"Session takes a loaded model (runtime.load_bundle(path), runtime.load_torch(...)), "
+                            f"not {type(model).__name__}")
+        in_flight = model.default_in_flight if in_flight is None else in_flight
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self.model, self.spec = model, model.spec
-        self.in_flight, self.resize = in_flight, resize
+        self.in_flight = in_flight
+        self.overlap = in_flight > 1 if overlap is None else overlap
         self.stats = StageStats()
-        self.runner = model.new_runner(in_flight > 1 if overlap is None else overlap, self.stats)
+        self.runner = model.new_runner(self.overlap, self.stats)
         self.planner = ChunkPlanner(self.spec.clip_len, self.spec.dit_overlap, keep_all_frames=True)
         self.buffer = FrameBuffer()           # input frames not yet consumed by a chunk
         self.state = StreamState(encoder=self.runner.zero_state("encoder"),
@@ -116,11 +117,9 @@ class Session:
             raise ValueError(f"expected uint8 RGB frames [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
         width, height = self.spec.input_size
         if frames.shape[1:3] != (height, width) and len(frames):
-            if not self.resize:
-                raise InputSizeError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the model takes "
-                                     f"{width}x{height} ({self.spec.source}); resize them "
-                                     f"(Session(resize=True), --resize) or use a model built for that size")
-            frames = resize_frames(frames, (width, height))
+            raise InputSizeError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the model takes "
+                                 f"{width}x{height} ({self.spec.source}); resize them (video.resize.resize_frames, "
+                                 f"--resize) or use a model built for that size")
         return frames
 
     def _submit(self, chunk: Chunk) -> None:

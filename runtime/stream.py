@@ -21,7 +21,6 @@ Exit status: 0 done; 1 error (nothing or a partial but playable output, see the 
 chunks in flight are finished and the output is closed, playable. A second signal aborts at once.
 """
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -35,9 +34,9 @@ import av
 from contract.sizes import parse_size
 
 from .errors import RuntimeSetupError
-from .load import BACKENDS, bundles_for_size, load_bundle, load_torch
-from video.resize import RESIZE_MODES, describe_resize, output_sample_aspect
-from video import VideoError, VideoReader, VideoWriter, check_target, parse_rate
+from .load import BACKENDS, load_bundle, load_torch
+from video.resize import RESIZE_MODES
+from video import VideoError, check_target, parse_rate
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 # The signals that mean "stop, please": Ctrl-C, docker stop / systemd / timeout, a closed terminal.
@@ -274,57 +273,36 @@ class StopSignals:
 
 
 def run(a: argparse.Namespace) -> int:
-    from .restore_video import check_input_size, restore_video
+    from .restore_video import restore_video
 
     # Before anything slow: an output that would destroy an input or an existing file.
     check_target(a.input, a.output, overwrite=a.overwrite, container_format=a.format)
     reader_options = dict(raw_size=a.raw_size, raw_fps=a.raw_fps, options=_options(a.input_option, "--input-option"))
     if a.conceal_errors:
         reader_options["strict"] = False
+    writer_options = dict(codec=a.codec, crf=a.crf, pix_fmt=a.pix_fmt, container_format=a.format,
+                          options=_options(a.output_option, "--output-option"))
+
+    def model_for(info):
+        if a.serve:
+            from .serve import RemoteModel
+            return RemoteModel(a.serve)
+        return load_model(a, (info.width, info.height))
+
     with StopSignals() as signals:
         try:
-            with VideoReader(a.input, **reader_options) as reader:
-                info = reader.info
-                if a.serve:
-                    from .serve import RemoteModel, restore_remote
-                    model = RemoteModel(a.serve)
-                else:
-                    model = load_model(a, (info.width, info.height))
-                if signals.stop.is_set():
-                    say("stopped before any frame was restored: no output was written")
-                    return signals.exit_code
-                spec = model.spec
-                suggestions = bundles_for_size(Path(a.engine).parent, (info.width, info.height)) if a.engine else []
-                check_input_size(model, info.width, info.height, a.resize, suggestions)
-                say(f"{info.describe()}\nmodel: {spec.describe()}")
-                # The pixel aspect that shows the output as the input is shown (one rule, see resize.py).
-                size = (info.width, info.height)
-                resized = a.resize if a.resize and size != tuple(spec.input_size) else None
-                out_info = dataclasses.replace(info, sample_aspect_ratio=output_sample_aspect(
-                    size, info.sample_aspect_ratio, spec.output_size, resized))
-                if resized:
-                    say(describe_resize(size, info.sample_aspect_ratio, spec.input_size, spec.output_size, resized))
-                writer = VideoWriter(a.output, out_info, width=spec.output_size[0], height=spec.output_size[1],
-                                     codec=a.codec, crf=a.crf, pix_fmt=a.pix_fmt,
-                                     audio_from=reader if info.has_audio else None, container_format=a.format,
-                                     options=_options(a.output_option, "--output-option"))
-                for note in writer.notes:
-                    say(f"note: {note}")
-                in_flight = a.in_flight or model.default_in_flight
-                overlap = in_flight > 1 if a.overlap is None else a.overlap
-                if a.serve:
-                    result = restore_remote(model, reader, writer, in_flight=in_flight, resize=resized or False,
-                                            stop=signals.stop, progress=a.progress)
-                else:
-                    result = restore_video(model, reader, writer, in_flight=in_flight, overlap=overlap,
-                                           resize=resized or False, stop=signals.stop, progress=a.progress)
+            result = restore_video(model_for, a.input, a.output, reader_options=reader_options,
+                                   writer_options=writer_options, resize=a.resize, in_flight=a.in_flight,
+                                   overlap=a.overlap, engine=a.engine, stop=signals.stop, progress=a.progress,
+                                   say=say)
         except KeyboardInterrupt:
             say("aborted: the partial output was deleted")
             return signals.exit_code
+    if not result.opened:
+        say("stopped before any frame was restored: no output was written")
+        return signals.exit_code
     if a.stats:
-        stats = {"input": info.describe(), "output": a.output, "model": spec.describe(), "in_flight": in_flight,
-                 "overlap": overlap, **result.as_dict()}
-        Path(a.stats).write_text(json.dumps(stats, indent=1))
+        Path(a.stats).write_text(json.dumps({"input": result.input, "output": a.output, **result.as_dict()}, indent=1))
     say(f"{result.frames_out} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s) -> {a.output}")
     if result.input_error:
         say(f"error: {result.input_error}\nthe {result.frames_out} frames restored before it are in {a.output}")

@@ -185,6 +185,21 @@ def test_quality_measures_on_known_differences():
     assert ssim(noisy, a) < 0.5                                   # flat image + noise: structure lost
 
 
+def test_a_calibration_clip_is_what_the_runtime_feeds(tmp_path):
+    """read_clip decodes and resizes as the runtime does (video.VideoReader, then video/resize.py's
+    stretch, as runtime.stream --resize): calibration sees the frames the graphs will be fed."""
+    from calibration.video import read_clip
+    from video import VideoReader
+    from video.resize import resize_frames
+    clip = tmp_path / "big.mkv"
+    make_clip(clip, moving_frames(30, 2 * SIZE[0] + 6, 2 * SIZE[1], seed=3), audio=False)
+    got = read_clip(clip, SIZE, max_frames=27)
+    with VideoReader(clip) as reader:
+        want = np.concatenate([resize_frames(reader.read(n), SIZE) for n in (8, 19)])   # any batching
+    np.testing.assert_array_equal(got.frames, want)
+    assert got.source_size == (40, 32) and got.notes == ["resized from 40x32 to the export's input size 17x16"]
+
+
 def test_bad_inputs_are_refused_and_nothing_is_written(export_dir, tmp_path):
     out = tmp_path / "q"
     junk = tmp_path / "junk.mp4"

@@ -75,6 +75,18 @@ def test_c_example_gives_the_stream_cli_bytes(build, cpu_bundle, batch):
     assert done.stdout == stream_output(cpu_bundle, frames)
 
 
+def test_resize_option_stretches_as_the_stream_cli_does(build, cpu_bundle):
+    """swiftvr_session_options.resize: the library fits frames of another size with video/resize.py
+    (the Session takes the model's size only), as python -m runtime.stream --resize does raw frames."""
+    frames = moving_frames(11, 23, 19, seed=4)
+    done = run(build / "restore_raw", cpu_bundle, "23x19", "--resize", "--batch", 4, stdin=frames.tobytes())
+    assert done.returncode == 0, done.stderr.decode()
+    cli = run_cli("--engine", cpu_bundle, "-", "--raw-size", "23x19", "--raw-fps", "25", "--resize", "-o", "-",
+                  stdin=frames.tobytes())
+    assert cli.returncode == 0, cli.stderr.decode()
+    assert len(done.stdout) == 11 * OUT_SIZE[0] * OUT_SIZE[1] * 3 and done.stdout == cli.stdout
+
+
 def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     """BT.601 limited-range yuv420p (as ffmpeg lays it out), chroma from each 2x2 block's top left."""
     count, height, width = frames.shape[:3]

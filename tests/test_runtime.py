@@ -209,12 +209,11 @@ def test_onnx_session_matches_the_restorer(cpu_model, bundle_reference, in_fligh
     check_close(got, bundle_reference(frames))
 
 
-def test_sessions_interleaved_and_in_threads_equal_each_alone(cpu_model, cpu_bundle):
+def test_sessions_interleaved_and_in_threads_equal_each_alone(cpu_model):
     from runtime import Session
     clips = [moving_frames(n, *SIZE, seed=n) for n in (17, 10, 21)]
-    with Session(str(cpu_bundle)) as s:          # a Session may load its own model from a path
-        alone = [push_in_pieces(s, clips[0])]
-    for clip in clips[1:]:
+    alone = []
+    for clip in clips:
         with Session(cpu_model) as s:
             alone.append(push_in_pieces(s, clip))
     # interleaved in one thread, sharing one loaded model
@@ -242,14 +241,24 @@ def test_sessions_interleaved_and_in_threads_equal_each_alone(cpu_model, cpu_bun
         np.testing.assert_array_equal(got, expected)
 
 
-def test_wrong_frame_size_is_a_clear_error_and_resize_fits_it(cpu_model):
+def test_wrong_frame_size_is_a_clear_error(cpu_model):
     from runtime import InputSizeError, Session
     with Session(cpu_model) as s:
         with pytest.raises(InputSizeError, match=r"frames are 40x30, the model takes 17x16.*resize"):
             s.push(np.zeros((2, 30, 40, 3), np.uint8))
-    with Session(cpu_model, resize=True) as s:
-        out = push_in_pieces(s, moving_frames(6, 40, 30))
-    assert out.shape == (6, 32, 34, 3)
+
+
+def test_session_takes_a_loaded_model_and_its_default_in_flight(cpu_model, cpu_bundle, monkeypatch):
+    """A Session loads nothing itself (callers load once, with load_bundle), and in flight, unless
+    told, is what the model says (decided in LoadedModel.default_in_flight only)."""
+    from runtime import Session
+    with pytest.raises(TypeError, match=r"load_bundle"):
+        Session(str(cpu_bundle))
+    monkeypatch.setattr(type(cpu_model), "default_in_flight", property(lambda self: 3))   # as on a GPU
+    with Session(cpu_model) as s:
+        assert (s.in_flight, s.overlap) == (3, True)
+    with Session(cpu_model, in_flight=1) as s:
+        assert (s.in_flight, s.overlap) == (1, False)
 
 
 def test_stats_cover_every_stage(cpu_model):
@@ -436,6 +445,55 @@ def test_wrong_input_size_names_fitting_bundles_and_resize_works(cpu_bundle, tmp
     done = cli_without_torch("--engine", cpu_bundle, source, "-o", target, "--resize")
     assert done.returncode == 0, done.stderr
     assert video_stream_facts(target)["frames"] == 6 and video_stream_facts(target)["size"] == (34, 32)
+
+
+class LocalStream:
+    """runtime.serve's client Stream (submit / result / flush / close) with the replica's Session in
+    this process: restore_video's served path without a Ray cluster. It counts the pushes on the wire."""
+
+    def __init__(self, model):
+        import dataclasses
+        from runtime import Session
+        self.session = Session(model)
+        self.info = {"pid": os.getpid(), "spec": dataclasses.asdict(model.spec)}
+        self.output_size = model.spec.output_size
+        self.on_wire = self.most_on_wire = 0
+        self.closed = False
+
+    def submit(self, frames):
+        self.on_wire += 1
+        self.most_on_wire = max(self.most_on_wire, self.on_wire)
+        return self.session.push(frames)
+
+    def result(self, pending):
+        self.on_wire -= 1
+        return pending
+
+    def flush(self):
+        return self.session.flush()
+
+    def close(self):
+        self.closed = True
+        self.session.close()
+
+
+def test_a_served_stream_runs_the_job_of_a_local_session(cpu_model, tmp_path):
+    """runtime.stream, runtime.batch and --serve run one job (runtime/restore_video.py): a served
+    stream gets the local Session's frames, resized the same way, with its pushes pipelined."""
+    from runtime.restore_video import restore_video
+    from runtime.serve import RemoteModel
+    source = tmp_path / "in.mkv"
+    make_clip(source, moving_frames(29, 23, 19), audio=False)
+    local = restore_video(cpu_model, str(source), str(tmp_path / "local" / "%04d.png"), resize="pad", progress=False)
+    stream = LocalStream(cpu_model)
+    served = restore_video(RemoteModel("here", stream), str(source), str(tmp_path / "served" / "%04d.png"),
+                           resize="pad", progress=False)
+    assert stream.most_on_wire == 2 and stream.on_wire == 0 and stream.closed   # RemoteModel.default_in_flight
+    assert local.frames_out == served.frames_out == 29 and (served.in_flight, served.overlap) == (2, None)
+
+    def frames(folder):
+        return np.stack([decoded_frames(p)[0] for p in sorted(folder.iterdir())])
+    np.testing.assert_array_equal(frames(tmp_path / "served"), frames(tmp_path / "local"))
 
 
 def test_benchmark_reports_stages_throughput_and_memory(cpu_bundle, tmp_path):

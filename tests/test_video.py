@@ -339,6 +339,21 @@ def test_reader_and_writer_in_threads_like_the_runtime(tmp_path):
     assert [p for p, _ in audio_packets(target)] == [p for p, _ in audio_packets(source)]
 
 
+# -- one reader per kind of source ------------------------------------------------------------
+
+
+def test_video_reader_opens_the_reader_of_the_sources_kind(tmp_path):
+    from video.reader import ContainerReader, ImageSequenceReader, RawPipeReader
+    make_clip(tmp_path / "in.mkv", gradient_frames(3, 32, 24), audio=None, video_codec="ffv1")
+    av.VideoFrame.from_ndarray(gradient_frames(1, 32, 24)[0], format="rgb24").save(str(tmp_path / "0.png"))
+    for source, kind, options in [(tmp_path / "in.mkv", ContainerReader, {}), (tmp_path, ImageSequenceReader, {}),
+                                  (tmp_path / "%d.png", ImageSequenceReader, {}),
+                                  ("-", RawPipeReader, {"raw_size": "32x24", "raw_fps": 25})]:
+        with VideoReader(source, **options) as reader:
+            assert type(reader) is kind and isinstance(reader, VideoReader), source
+            assert (reader.info.width, reader.info.height) == (32, 24)
+
+
 # -- image sequences ------------------------------------------------------------------------
 
 

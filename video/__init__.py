@@ -11,7 +11,8 @@ The runtime runs a reader thread and a writer thread around the two classes here
     # on Ctrl-C:      writer.abort()   -> a playable file with what was written so far
 
 Only numpy, PyAV (FFmpeg bindings) and the standard library are used, so this package
-imports without torch. info.py: what a source is (VideoInfo, rates); reader.py: VideoReader;
+imports without torch. info.py: what a source is (VideoInfo, rates); reader.py: VideoReader (one
+class per kind of source, picked by VideoReader(source));
 writer.py: VideoWriter, with encoders.py (encoder, pixel format, time base) and audio.py
 (packets from reader to writer); target.py: what an output may overwrite; resize.py: fitting
 frames to the size a model takes (the one resize of the project).

@@ -1,4 +1,15 @@
-"""VideoReader: a file, image sequence, raw stdin or URL decoded into uint8 RGB chunks."""
+"""VideoReader: a file, image sequence, raw stdin or URL decoded into uint8 RGB chunks.
+
+`VideoReader(source, ...)` opens the reader for the kind of source (info.classify says which):
+
+    RawPipeReader        "-": raw RGB24 frames on stdin, of the size and rate the caller gives
+    ImageSequenceReader  a folder of images, or a pattern like frames/%05d.png
+    ContainerReader      a video file or URL, demuxed and decoded by FFmpeg (its audio passed on)
+
+Each kind only opens its source and yields (frame, stream time) pairs; VideoReader itself does
+the reading every kind shares: chunks, presentation times, damage reported after the frames
+decoded before it.
+"""
 
 from __future__ import annotations
 
@@ -71,6 +82,12 @@ class VideoReader:
     of image sequences (default 25, like FFmpeg).
     """
 
+    def __new__(cls, source: str | os.PathLike | None = None, **options):
+        if cls is VideoReader:       # VideoReader(source) opens the reader for the source's kind
+            kind = classify(str(source))
+            cls = RawPipeReader if kind == "pipe" else ImageSequenceReader if kind == "images" else ContainerReader
+        return super().__new__(cls)
+
     def __init__(
         self,
         source: str | os.PathLike,
@@ -81,50 +98,126 @@ class VideoReader:
         options: dict[str, str] | None = None,
     ):
         self.source = str(source)
-        self.frames_read = 0
-        self.audio_stream = None
-        self._audio: AudioPassthrough | None = None
-        self._audio_shared = False
-        self._started = False
-        self._pending_error: VideoError | None = None
-        self._peeked: list[tuple[np.ndarray, Fraction | None]] = []  # (image, stream time) decoded ahead
-        self._start_time = Fraction(0)
-        self._last_time: Fraction | None = None  # of the last frame handed out, from the start
-        self._time_offset = Fraction(0)  # added after a timestamp jump back (concatenated streams)
-        self._container = None
-        self._reformatter = VideoReformatter()
-        self._frame_size: tuple[int, int] | None = None
-        self._warned_resize = False
-        self._closed = False
-
         self.kind = classify(self.source)
         # A live stream with packet loss has to be decoded through its errors; a file with
         # errors is damaged, and the caller should know.
         self.strict = (self.kind != "url") if strict is None else strict
+        self.frames_read = 0
+        self.audio_stream = None
+        self._started = False
+        self._pending_error: VideoError | None = None
+        self._peeked: list[tuple[np.ndarray, Fraction | None]] = []  # (image, stream time) decoded ahead
+        self._frames = iter(())  # (image, stream time) after the peeked ones; set by _open
+        self._start_time = Fraction(0)
+        self._last_time: Fraction | None = None  # of the last frame handed out, from the start
+        self._time_offset = Fraction(0)  # added after a timestamp jump back (concatenated streams)
+        self._closed = False
+        self.info = self._open(raw_size=raw_size, raw_fps=raw_fps, options=options)
 
-        if self.kind == "pipe":
-            self._open_stdin(raw_size, raw_fps)
-        elif self.kind == "images":
-            if os.path.isdir(self.source):
-                files = _list_image_directory(Path(self.source))
-            else:
-                files = _expand_printf_pattern(self.source)
-            self._open_images(files, raw_fps)
+    def _open(self, *, raw_size, raw_fps, options) -> VideoInfo:
+        """Opens the source: its VideoInfo; sets self._frames (and self._peeked)."""
+        raise NotImplementedError
+
+    def _first_read(self) -> None:
+        """Called once, before the first frame is handed out."""
+
+    # -- public API ---------------------------------------------------------------------
+
+    def share_audio(self) -> AudioPassthrough:
+        """Hand the input's audio packets to a writer (called by VideoWriter(audio_from=...)).
+
+        Must happen before the first read, or audio demuxed meanwhile would be lost.
+        """
+        raise VideoError(f"{self.source} has no audio stream to pass through", source=self.source)
+
+    def read(self, n: int = DEFAULT_CHUNK_FRAMES) -> np.ndarray:
+        """Up to n frames as uint8 [t, H, W, 3] RGB; t == 0 at the end."""
+        return self.read_timed(n)[0]
+
+    def read_timed(self, n: int = DEFAULT_CHUNK_FRAMES) -> tuple[np.ndarray, list[Fraction]]:
+        """read(n), and each frame's presentation time in seconds from the first frame.
+
+        Times come from the stream (so a variable frame rate is kept); frames without one, image
+        sequences and raw stdin are spaced 1/fps. Times only go up: where a stream's clock jumps
+        back (concatenated MPEG-TS files), the frames after it continue 1/fps after the last one.
+        """
+        if n < 1:
+            raise ValueError(f"read(n) needs n >= 1, got {n}")
+        if self._closed:
+            raise VideoError(f"{self.source}: reader is closed", source=self.source)
+        if not self._started:
+            self._started = True
+            self._first_read()
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
+        chunk = np.empty((n, self.info.height, self.info.width, 3), dtype=np.uint8)
+        times = []
+        while len(times) < n:
+            try:
+                image, stream_time = self._peeked.pop(0) if self._peeked else next(self._frames)
+            except StopIteration:
+                break
+            except VideoError as error:
+                if not times:
+                    raise
+                # Return what was decoded; the error comes with the next read.
+                self._pending_error = error
+                break
+            chunk[len(times)] = image
+            times.append(self._presentation_time(stream_time))
+        self.frames_read += len(times)
+        return chunk[: len(times)], times
+
+    def _presentation_time(self, stream_time: Fraction | None) -> Fraction:
+        step = 1 / self.info.fps
+        if stream_time is None:
+            time = Fraction(0) if self._last_time is None else self._last_time + step
         else:
-            if self.kind == "file" and not self.source.startswith("file:") and not os.path.exists(self.source):
-                raise VideoError(f"no such file: {self.source}", source=self.source, frame_index=0)
-            self._open_container(options)
+            time = stream_time - self._start_time + self._time_offset
+            if self._last_time is not None and time <= self._last_time:
+                self._time_offset += self._last_time + step - time
+                time = self._last_time + step
+        self._last_time = time
+        return time
 
-    # -- opening ------------------------------------------------------------------------
+    def chunks(self, n: int = DEFAULT_CHUNK_FRAMES):
+        """Yield arrays [t, H, W, 3] of n frames (the last may be shorter) until the end."""
+        while True:
+            chunk = self.read(n)
+            if len(chunk) == 0:
+                return
+            yield chunk
 
-    def _open_stdin(self, raw_size, raw_fps) -> None:
+    def __iter__(self):
+        return self.chunks(DEFAULT_CHUNK_FRAMES)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self._frames, "close"):
+            self._frames.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RawPipeReader(VideoReader):
+    """Raw RGB24 frames on stdin ("-"), of the size and rate the caller gives (raw_size, raw_fps)."""
+
+    def _open(self, *, raw_size, raw_fps, options) -> VideoInfo:
         if raw_size is None or raw_fps is None:
             raise VideoError("reading raw RGB24 frames from stdin needs their size and rate (--raw-size WxH --raw-fps RATE)", source="-")
         width, height = parse_size(raw_size) if isinstance(raw_size, str) else (int(raw_size[0]), int(raw_size[1]))
         fps = parse_rate(raw_fps)
         if sys.stdin is None:
             raise VideoError("reading frames from stdin, but this process has no stdin", source="-")
-        self.info = VideoInfo(
+        self._frames = self._read_frames(sys.stdin.buffer, width, height)
+        return VideoInfo(
             width=width,
             height=height,
             fps=fps,
@@ -133,15 +226,48 @@ class VideoReader:
             source="stdin",
             pix_fmt="rgb24",
         )
-        self._frames = self._read_raw_stdin(sys.stdin.buffer)
 
-    def _open_images(self, files: list[Path], raw_fps) -> None:
+    def _read_frames(self, stream, width: int, height: int):
+        frame_bytes = width * height * 3
+        index = 0
+        while True:
+            buffer = bytearray(frame_bytes)
+            view, filled = memoryview(buffer), 0
+            while filled < frame_bytes:
+                got = stream.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+            if filled == 0:
+                return
+            if filled < frame_bytes:
+                raise VideoError(
+                    f"stdin: truncated frame {index}: got {filled} of {frame_bytes} bytes "
+                    f"({width}x{height} RGB24); {index} complete frames were read",
+                    source="-",
+                    frame_index=index,
+                )
+            index += 1
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3), None
+
+
+class ImageSequenceReader(VideoReader):
+    """A folder of images (in natural order) or a pattern like frames/%05d.png, at raw_fps (default 25)."""
+
+    def _open(self, *, raw_size, raw_fps, options) -> VideoInfo:
+        self._reformatter = VideoReformatter()
+        if os.path.isdir(self.source):
+            files = _list_image_directory(Path(self.source))
+        else:
+            files = _expand_printf_pattern(self.source)
         if not files:
             raise VideoError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {self.source}", source=self.source)
         fps = parse_rate(raw_fps) if raw_fps is not None else DEFAULT_IMAGE_SEQUENCE_FPS
         first = self._decode_image(files[0], 0)
         height, width = first.shape[:2]
-        self.info = VideoInfo(
+        self._peeked = [(first, None)]
+        self._frames = self._read_images(files[1:], width, height)
+        return VideoInfo(
             width=width,
             height=height,
             fps=fps,
@@ -151,10 +277,46 @@ class VideoReader:
             pix_fmt="rgb24",
             codec=files[0].suffix.lower().lstrip("."),
         )
-        self._peeked = [(first, None)]
-        self._frames = self._read_images(files[1:])
 
-    def _open_container(self, options) -> None:
+    def _decode_image(self, path: Path, index: int) -> np.ndarray:
+        try:
+            with av.open(str(path), "r") as container:
+                frame = next(container.decode(video=0))
+                return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        except (av.FFmpegError, OSError, StopIteration, IndexError) as error:
+            reason = "no image in it" if isinstance(error, (StopIteration, IndexError)) else error
+            raise VideoError(
+                f"{path}: cannot decode image (frame {index} of {self.source}): {reason}",
+                source=str(path),
+                frame_index=index,
+            ) from None
+
+    def _read_images(self, files: list[Path], width: int, height: int):
+        for offset, path in enumerate(files, start=1):
+            image = self._decode_image(path, offset)
+            if image.shape[:2] != (height, width):
+                raise VideoError(
+                    f"{path}: image is {image.shape[1]}x{image.shape[0]}, the sequence started at "
+                    f"{width}x{height} (frame {offset})",
+                    source=str(path),
+                    frame_index=offset,
+                )
+            yield image, None
+
+
+class ContainerReader(VideoReader):
+    """A video file or URL: FFmpeg demuxes it, decodes its first video stream and collects its
+    first audio stream's packets for a writer (share_audio)."""
+
+    def _open(self, *, raw_size, raw_fps, options) -> VideoInfo:
+        self._container = None
+        self._audio: AudioPassthrough | None = None
+        self._audio_shared = False
+        self._reformatter = VideoReformatter()
+        self._frame_size: tuple[int, int] | None = None
+        self._warned_resize = False
+        if self.kind == "file" and not self.source.startswith("file:") and not os.path.exists(self.source):
+            raise VideoError(f"no such file: {self.source}", source=self.source, frame_index=0)
         try:
             self._container = av.open(self.source, "r", options=dict(options or {}))
         except (av.FFmpegError, OSError) as error:
@@ -197,8 +359,9 @@ class VideoReader:
         except BaseException:
             self.close()
             raise
-        self.info = self._container_info(video, fps)
+        info = self._container_info(video, fps)
         self._first_frame = None  # only needed for the tags; don't pin a decoder buffer
+        return info
 
     def _container_info(self, video, fps: Fraction) -> VideoInfo:
         """The stream's facts, with the tags only the first decoded frame carries."""
@@ -255,15 +418,13 @@ class VideoReader:
             return max(0, round((self._declared_end - start_time) * fps))
         return None
 
-    # -- frame generators ---------------------------------------------------------------
-
     def _to_rgb(self, frame) -> np.ndarray:
         # Convert with the frame's own colour tags (swscale reads them). The size is fixed
         # by the first frame, so a mid-stream resolution change (adaptive live streams)
         # is scaled back instead of breaking the chunk shapes.
         if self._frame_size is None:
             self._frame_size = (frame.width, frame.height)
-            self._first_frame = frame  # for the tags only frames carry (see _open_container)
+            self._first_frame = frame  # for the tags only frames carry (see _open)
         elif (frame.width, frame.height) != self._frame_size and not self._warned_resize:
             log.warning(
                 "%s: frame size changed from %dx%d to %dx%d; scaling back",
@@ -349,64 +510,9 @@ class VideoReader:
                     frame_index=decoded,
                 )
 
-    def _decode_image(self, path: Path, index: int) -> np.ndarray:
-        try:
-            with av.open(str(path), "r") as container:
-                frame = next(container.decode(video=0))
-                return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
-        except (av.FFmpegError, OSError, StopIteration, IndexError) as error:
-            reason = "no image in it" if isinstance(error, (StopIteration, IndexError)) else error
-            raise VideoError(
-                f"{path}: cannot decode image (frame {index} of {self.source}): {reason}",
-                source=str(path),
-                frame_index=index,
-            ) from None
-
-    def _read_images(self, files: list[Path]):
-        for offset, path in enumerate(files, start=1):
-            image = self._decode_image(path, offset)
-            if image.shape[:2] != (self.info.height, self.info.width):
-                raise VideoError(
-                    f"{path}: image is {image.shape[1]}x{image.shape[0]}, the sequence started at "
-                    f"{self.info.width}x{self.info.height} (frame {offset})",
-                    source=str(path),
-                    frame_index=offset,
-                )
-            yield image, None
-
-    def _read_raw_stdin(self, stream):
-        width, height = self.info.width, self.info.height
-        frame_bytes = width * height * 3
-        index = 0
-        while True:
-            buffer = bytearray(frame_bytes)
-            view, filled = memoryview(buffer), 0
-            while filled < frame_bytes:
-                got = stream.readinto(view[filled:])
-                if not got:
-                    break
-                filled += got
-            if filled == 0:
-                return
-            if filled < frame_bytes:
-                raise VideoError(
-                    f"stdin: truncated frame {index}: got {filled} of {frame_bytes} bytes "
-                    f"({width}x{height} RGB24); {index} complete frames were read",
-                    source="-",
-                    frame_index=index,
-                )
-            index += 1
-            yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3), None
-
-    # -- public API ---------------------------------------------------------------------
-
     def share_audio(self) -> AudioPassthrough:
-        """Hand the input's audio packets to a writer (called by VideoWriter(audio_from=...)).
-
-        Must happen before the first read, or audio demuxed meanwhile would be lost.
-        """
         if self._audio is None:
-            raise VideoError(f"{self.source} has no audio stream to pass through", source=self.source)
+            return super().share_audio()
         if self._started:
             raise VideoError("attach the writer's audio before reading frames, or audio is lost", source=self.source)
         if self._audio_shared:
@@ -414,85 +520,16 @@ class VideoReader:
         self._audio_shared = True
         return self._audio
 
-    def read(self, n: int = DEFAULT_CHUNK_FRAMES) -> np.ndarray:
-        """Up to n frames as uint8 [t, H, W, 3] RGB; t == 0 at the end."""
-        return self.read_timed(n)[0]
-
-    def read_timed(self, n: int = DEFAULT_CHUNK_FRAMES) -> tuple[np.ndarray, list[Fraction]]:
-        """read(n), and each frame's presentation time in seconds from the first frame.
-
-        Times come from the stream (so a variable frame rate is kept); frames without one, image
-        sequences and raw stdin are spaced 1/fps. Times only go up: where a stream's clock jumps
-        back (concatenated MPEG-TS files), the frames after it continue 1/fps after the last one.
-        """
-        if n < 1:
-            raise ValueError(f"read(n) needs n >= 1, got {n}")
-        if self._closed:
-            raise VideoError(f"{self.source}: reader is closed", source=self.source)
-        if not self._started:
-            self._started = True
-            if self._audio is not None and not self._audio_shared:
-                # Nobody claimed the audio: stop collecting it.
-                self._audio.close()
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
-        chunk = np.empty((n, self.info.height, self.info.width, 3), dtype=np.uint8)
-        times = []
-        while len(times) < n:
-            try:
-                image, stream_time = self._peeked.pop(0) if self._peeked else next(self._frames)
-            except StopIteration:
-                break
-            except VideoError as error:
-                if not times:
-                    raise
-                # Return what was decoded; the error comes with the next read.
-                self._pending_error = error
-                break
-            chunk[len(times)] = image
-            times.append(self._presentation_time(stream_time))
-        self.frames_read += len(times)
-        return chunk[: len(times)], times
-
-    def _presentation_time(self, stream_time: Fraction | None) -> Fraction:
-        step = 1 / self.info.fps
-        if stream_time is None:
-            time = Fraction(0) if self._last_time is None else self._last_time + step
-        else:
-            time = stream_time - self._start_time + self._time_offset
-            if self._last_time is not None and time <= self._last_time:
-                self._time_offset += self._last_time + step - time
-                time = self._last_time + step
-        self._last_time = time
-        return time
-
-    def chunks(self, n: int = DEFAULT_CHUNK_FRAMES):
-        """Yield arrays [t, H, W, 3] of n frames (the last may be shorter) until the end."""
-        while True:
-            chunk = self.read(n)
-            if len(chunk) == 0:
-                return
-            yield chunk
-
-    def __iter__(self):
-        return self.chunks(DEFAULT_CHUNK_FRAMES)
+    def _first_read(self) -> None:
+        if self._audio is not None and not self._audio_shared:
+            # Nobody claimed the audio: stop collecting it.
+            self._audio.close()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        frames = getattr(self, "_frames", None)
-        if frames is not None and hasattr(frames, "close"):
-            frames.close()
-        if self._container is not None:
-            self._container.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        if not self._closed:
+            super().close()
+            if self._container is not None:
+                self._container.close()
 
 
 def probe(source: str | os.PathLike, **reader_options) -> VideoInfo:

@@ -1,5 +1,4 @@
 """One file on a worker: restore_file (runtime.stream's restore, all or nothing) and the actor."""
-import dataclasses
 import os
 import time
 
@@ -11,30 +10,13 @@ def restore_file(model, source: str, target: str, *, codec=None, crf=None, pix_f
     """`runtime.stream --engine B SOURCE -o TARGET` with a loaded model, written to a temporary
     name and renamed onto TARGET only when complete. A damaged input raises (VideoError) and
     leaves no output. on_frames(n): called as frames are written (progress, test hooks)."""
-    from video.resize import output_sample_aspect
-    from ..restore_video import check_input_size, restore_video
-    from video import VideoError, VideoReader, VideoWriter
+    from video import VideoError
+    from ..restore_video import restore_video
 
-    class CountingWriter(VideoWriter):
-        def write(self, frames, times=None):
-            super().write(frames, times)
-            if on_frames:
-                on_frames(len(frames))
-
-    spec = model.spec
     os.makedirs(os.path.dirname(target), exist_ok=True)
     temp = temp_target(target, os.getpid())
-    with VideoReader(source) as reader:
-        info = reader.info
-        check_input_size(model, info.width, info.height, resize)
-        size = (info.width, info.height)
-        resized = resize if resize and size != tuple(spec.input_size) else None
-        out_info = dataclasses.replace(info, sample_aspect_ratio=output_sample_aspect(
-            size, info.sample_aspect_ratio, spec.output_size, resized))
-        writer = CountingWriter(temp, out_info, width=spec.output_size[0], height=spec.output_size[1], codec=codec,
-                                crf=crf, pix_fmt=pix_fmt, audio_from=reader if info.has_audio else None)
-        in_flight = in_flight or model.default_in_flight
-        result = restore_video(model, reader, writer, in_flight=in_flight, resize=resized or False, progress=False)
+    result = restore_video(model, source, temp, writer_options=dict(codec=codec, crf=crf, pix_fmt=pix_fmt),
+                           resize=resize, in_flight=in_flight, progress=False, on_frames=on_frames)
     if result.input_error or result.interrupted:
         # restore_video keeps a playable partial output for an interactive user; a batch wants
         # all or nothing, so that a re-run does not take the cut file for a finished one.

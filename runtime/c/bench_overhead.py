@@ -36,7 +36,7 @@ def moving_frames(count: int, width: int, height: int) -> np.ndarray:
 def python_fps(model, frames: np.ndarray, batch: int) -> float:
     from runtime import Session
     start = time.perf_counter()
-    with Session(model, in_flight=model.default_in_flight) as session:
+    with Session(model) as session:           # the model's default in flight, as the library's
         for at in range(0, len(frames), batch):
             session.push(frames[at:at + batch])
         session.flush()

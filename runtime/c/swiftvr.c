@@ -54,7 +54,7 @@ static swiftvr_status start_status;
 static char start_error[sizeof error_text];
 static int verbose;
 
-static PyObject *load_bundle_fn, *session_cls, *numpy_empty;
+static PyObject *load_bundle_fn, *session_cls, *numpy_empty, *resize_frames_fn;
 static PyObject *missing_package_exc, *input_size_exc, *setup_exc;
 
 /* The current Python exception as a status and this thread's message; clears it. */
@@ -183,7 +183,8 @@ static swiftvr_status import_runtime(void) {
     input_size_exc = missing_package_exc ? attribute("runtime", "InputSizeError") : NULL;
     setup_exc = input_size_exc ? attribute("runtime", "RuntimeSetupError") : NULL;
     numpy_empty = setup_exc ? attribute("numpy", "empty") : NULL;
-    if (numpy_empty == NULL) {
+    resize_frames_fn = numpy_empty ? attribute("video.resize", "resize_frames") : NULL;
+    if (resize_frames_fn == NULL) {
         char why[sizeof error_text];
         from_python();
         snprintf(why, sizeof why, "%s", error_text);
@@ -376,7 +377,8 @@ const char *swiftvr_model_describe(const swiftvr_model *model) {
 
 struct swiftvr_session {
     PyObject *session;                    /* runtime Session */
-    int output_width, output_height;
+    PyObject *resize_to;                  /* (width, height) to resize frames of another size to; NULL: refuse them */
+    int input_width, input_height, output_width, output_height;
     size_t output_frame_bytes;
     int closed, flushed;
     uint8_t *queue;                       /* restored frames not yet received: [head, count) */
@@ -407,25 +409,30 @@ swiftvr_status swiftvr_session_open(swiftvr_model *model, const swiftvr_session_
     swiftvr_session *s = calloc(1, sizeof *s);
     if (s == NULL)
         return fail(SWIFTVR_E_INTERNAL, "out of memory");
+    s->input_width = model->input_width, s->input_height = model->input_height;
     s->output_width = model->output_width, s->output_height = model->output_height;
     s->output_frame_bytes = (size_t)model->output_width * model->output_height * 3;
 
     PyGILState_STATE gil = PyGILState_Ensure();
     swiftvr_status status = SWIFTVR_OK;
     PyObject *args = NULL, *kwargs = NULL, *in_flight = NULL;
-    if (opts.in_flight > 0)
-        in_flight = PyLong_FromLong(opts.in_flight);
-    else                                  /* as python -m runtime.stream: the model's default */
-        in_flight = PyObject_GetAttrString(model->model, "default_in_flight");
+    /* 0: None, the model's default, as python -m runtime.stream */
+    in_flight = opts.in_flight > 0 ? PyLong_FromLong(opts.in_flight) : Py_NewRef(Py_None);
     args = Py_BuildValue("(O)", model->model);
-    kwargs = in_flight ? Py_BuildValue("{sOsOsO}", "in_flight", in_flight, "resize", opts.resize ? Py_True : Py_False,
+    kwargs = in_flight ? Py_BuildValue("{sOsO}", "in_flight", in_flight,
                                        "overlap", opts.overlap < 0 ? Py_None : opts.overlap ? Py_True : Py_False)
                        : NULL;
     if (args && kwargs)
         s->session = PyObject_Call(session_cls, args, kwargs);
-    if (s->session == NULL)
+    /* The Session takes frames of the model's size only: the library resizes others first, with
+     * video/resize.py (stretched, as python -m runtime.stream --resize on square pixels). */
+    if (s->session && opts.resize)
+        s->resize_to = Py_BuildValue("(ii)", model->input_width, model->input_height);
+    if (s->session == NULL || (opts.resize && s->resize_to == NULL))
         status = from_python();
     Py_XDECREF(in_flight), Py_XDECREF(args), Py_XDECREF(kwargs);
+    if (status != SWIFTVR_OK)
+        Py_XDECREF(s->session);
     PyGILState_Release(gil);
     if (status != SWIFTVR_OK) {
         free(s);
@@ -547,6 +554,15 @@ swiftvr_status swiftvr_session_push(swiftvr_session *session, const uint8_t *fra
             yuv420p_to_rgb(frames + i * source_bytes, width, height, (uint8_t *)view.buf + i * rgb_bytes);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
+    if (session->resize_to && (width != session->input_width || height != session->input_height)) {
+        PyObject *resized = PyObject_CallFunctionObjArgs(resize_frames_fn, array, session->resize_to, NULL);
+        Py_DECREF(array);
+        array = resized;
+        if (array == NULL) {
+            status = from_python();
+            goto done;
+        }
+    }
     result = PyObject_CallMethod(session->session, "push", "O", array);
     status = result ? enqueue(session, result) : from_python();
 done:
@@ -615,6 +631,7 @@ void swiftvr_session_free(swiftvr_session *session) {
     swiftvr_session_close(session);
     PyGILState_STATE gil = PyGILState_Ensure();
     Py_XDECREF(session->session);
+    Py_XDECREF(session->resize_to);
     PyGILState_Release(gil);
     free(session->queue);
     free(session);

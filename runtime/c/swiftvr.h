@@ -92,7 +92,8 @@ typedef struct swiftvr_session_options {
     size_t struct_size;
     int in_flight;        /* chunks under way at once; 0: the model's default (3 on a GPU, 1 on the CPU) */
     int overlap;          /* stages on their own lanes: 1 yes, 0 no, -1 (default): when in_flight > 1 */
-    int resize;           /* 1: scale frames of another size to the model's input size instead of failing */
+    int resize;           /* 1: stretch frames of another size to the model's input size (video/resize.py)
+                             instead of failing */
 } swiftvr_session_options;
 
 SWIFTVR_API void swiftvr_model_options_init(swiftvr_model_options *options);

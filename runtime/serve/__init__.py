@@ -20,9 +20,9 @@ Each push is checked (dtype, frame size, count) against the bundle before anythi
 bad push is refused and the stream goes on. There is no endpoint outside Ray: Ray's own endpoints
 have no authentication that protects them from the network; keep them on a private one (README).
 """
-from .client import Client, RemoteModel, Stream, connect, restore_remote
+from .client import Client, RemoteModel, ServedSession, Stream, connect
 from .common import NAMESPACE, SERVICE, TOKEN_ENV, BadPush, Busy, Refused, ServeError, StreamLost, check_frames
 from .router import start_service
 
-__all__ = ["BadPush", "Busy", "Client", "NAMESPACE", "Refused", "RemoteModel", "SERVICE", "ServeError", "Stream",
-           "StreamLost", "TOKEN_ENV", "check_frames", "connect", "restore_remote", "start_service"]
+__all__ = ["BadPush", "Busy", "Client", "NAMESPACE", "Refused", "RemoteModel", "SERVICE", "ServeError",
+           "ServedSession", "Stream", "StreamLost", "TOKEN_ENV", "check_frames", "connect", "start_service"]

@@ -1,7 +1,5 @@
-"""The client side: connect(), streams, and runtime.stream --serve (RemoteModel, restore_remote)."""
+"""The client side: connect(), streams, and what runtime.stream --serve drives (RemoteModel, ServedSession)."""
 import os
-import threading
-import time
 from collections import deque
 
 import numpy as np
@@ -117,70 +115,67 @@ class Stream:
 # ---- runtime.stream --serve ----------------------------------------------------------------------
 
 class RemoteModel:
-    """What runtime.stream needs of a model (its spec) for a stream opened on the service."""
+    """A model served by runtime.serve, as runtime.restore_video drives one: one stream opened on
+    the service, its spec the service's model."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, stream: Stream | None = None):
+        """address: of the cluster (connect()); stream: one already open there (default: a new one)."""
         from ..spec import ModelSpec
-        self.stream = connect(address).open()
+        self.stream = stream or connect(address).open()
         fields = dict(self.stream.info["spec"])
         fields["source"] = f"{fields['source']}, served by Ray replica {self.stream.info['pid']} at {address}"
         self.spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-        self.default_in_flight = 2
+
+    @property
+    def default_in_flight(self) -> int:
+        """Pushes on the wire at once: with 2, one travels while the replica restores the other."""
+        return 2
+
+    def open(self, in_flight: int | None = None) -> "ServedSession":
+        return ServedSession(self.stream, self.default_in_flight if in_flight is None else in_flight)
 
     def memory(self) -> dict:
         return {"device": self.spec.device, "in_use_bytes": None, "peak_bytes": None}
 
+    def close(self) -> None:
+        self.stream.close()
 
-def restore_remote(model: RemoteModel, reader, writer, *, resize=False, stop=None, progress=None, in_flight=2):
-    """restore_video through a served stream: read, push (up to `in_flight` pushes on the wire),
-    write in order. Same endings as restore_video: damaged input keeps what was read."""
-    from tqdm import tqdm
-    from video.resize import resize_frames
-    from ..restore_video import RunResult
-    from video import VideoError
 
-    stream, result, spec = model.stream, RunResult(), model.spec
-    stop = stop or threading.Event()
-    times, pending = deque(), deque()
-    bar = tqdm(total=reader.info.frame_count, unit="frame", desc="restoring (served)",
-               disable=None if progress is None else not progress, dynamic_ncols=True)
+class ServedSession:
+    """A served stream driven as a local Session is (push / flush / drain / close): up to
+    `in_flight` pushes on the wire at once, their frames returned in order."""
 
-    def write(frames):
-        if len(frames):
-            writer.write(frames, [times.popleft() for _ in range(len(frames))])
-            result.frames_out += len(frames)
-            bar.update(len(frames))
+    overlap = None                   # the replica's Session decides
 
-    start = time.perf_counter()
-    try:
-        while not stop.is_set():
-            try:
-                frames, frame_times = reader.read_timed(spec.clip_len)
-            except VideoError as e:
-                result.input_error = str(e)
-                break
-            if not len(frames):
-                break
-            times.extend(frame_times)
-            if resize:
-                frames = resize_frames(frames, spec.input_size, "stretch" if resize is True else resize,
-                                       reader.info.sample_aspect_ratio)
-            result.frames_in += len(frames)
-            pending.append(stream.submit(frames))
-            while len(pending) >= in_flight:
-                write(stream.result(pending.popleft()))
-        while pending:
-            write(stream.result(pending.popleft()))
-        write(stream.flush())
-        result.seconds = time.perf_counter() - start
-        result.interrupted = stop.is_set()
-        if result.input_error and not result.frames_out:
-            raise VideoError(result.input_error)
-        writer.close()
-    except BaseException:
-        writer.discard()
-        stream.close()
-        raise
-    finally:
-        bar.close()
-    return result
+    def __init__(self, stream: Stream, in_flight: int):
+        from ..lanes import StageStats
+        self.stream, self.in_flight = stream, in_flight
+        self.pending: deque = deque()
+        self.frames_out = 0
+        self.stats = StageStats()    # the stage timings are the replica's: none on this side
+
+    def push(self, frames) -> np.ndarray:
+        self.pending.append(self.stream.submit(frames))
+        return self._collect(keep=self.in_flight - 1)
+
+    def flush(self) -> np.ndarray:
+        return self._collect(keep=0, last=self.stream.flush)
+
+    def drain(self) -> np.ndarray:
+        """The pushes on the wire; the frames the replica holds for a next chunk go with the stream."""
+        return self._collect(keep=0)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def _collect(self, keep: int, last=None) -> np.ndarray:
+        """The frames of the oldest pushes until `keep` are left on the wire, then of last()."""
+        width, height = self.stream.output_size
+        out = [np.zeros((0, height, width, 3), np.uint8)]
+        while len(self.pending) > keep:
+            out.append(self.stream.result(self.pending.popleft()))
+        if last:
+            out.append(last())
+        frames = np.concatenate(out)
+        self.frames_out += len(frames)
+        return frames

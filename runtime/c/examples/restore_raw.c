@@ -3,9 +3,10 @@
  *   ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - | restore_raw engines/360p.plan 480x270 \
  *       | ffplay -f rawvideo -pixel_format rgb24 -video_size 960x540 -framerate 30 -
  *
- *   restore_raw MODEL WxH [--yuv420p] [--batch N] [--in-flight N] [--threads N] [--bench ROUNDS]
+ *   restore_raw MODEL WxH [--yuv420p] [--resize] [--batch N] [--in-flight N] [--threads N] [--bench ROUNDS]
  *
  * --yuv420p: stdin holds yuv420p frames (ffmpeg -pix_fmt yuv420p) instead of rgb24.
+ * --resize: WxH may differ from the model's input size: the frames are stretched to it.
  * --batch N: frames per push (default 1: each frame is pushed as soon as it arrives).
  * --bench ROUNDS: read all of stdin first, then restore it ROUNDS times (a new session each) and
  *   print "frames/s <value>" per round to stdout (timing push..flush only, no I/O).
@@ -43,7 +44,7 @@ static int drain(swiftvr_session *s, uint8_t *out, size_t out_frame, FILE *sink)
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s MODEL WxH [--yuv420p] [--batch N] [--in-flight N] [--threads N] "
+        fprintf(stderr, "usage: %s MODEL WxH [--yuv420p] [--resize] [--batch N] [--in-flight N] [--threads N] "
                         "[--bench ROUNDS]  (raw frames on stdin, RGB24 on stdout)\n", argv[0]);
         return 2;
     }
@@ -59,6 +60,8 @@ int main(int argc, char **argv) {
         const char *value = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(argv[i], "--yuv420p"))
             format = SWIFTVR_YUV420P;
+        else if (!strcmp(argv[i], "--resize"))
+            session_options.resize = 1;
         else if (!strcmp(argv[i], "--batch") && (batch = atoi(value)) > 0)
             i++;
         else if (!strcmp(argv[i], "--in-flight") && (session_options.in_flight = atoi(value)) > 0)
