@@ -14,7 +14,11 @@ A re-run skips files whose output exists (complete by construction), so a killed
 
 Without --address a local Ray cluster is started for this run, with no dashboard, jobs API or
 Ray Client server. Ray's endpoints must never face an untrusted network (README).
-Exit status: 0 every file ok or skipped; 1 some file failed; 2 bad arguments.
+Two inputs that would share an output (a.mp4 and a.mkv with --ext .mkv) are refused before
+anything starts; an output folder inside the input folder is not searched for inputs. Ctrl-C or
+SIGTERM stops the batch: the files in progress are abandoned (nothing partial is left), the
+summary and report say what finished.
+Exit status: 0 every file ok or skipped; 1 some file failed; 2 bad arguments; 128+N after signal N.
 """
 from .jobs import FileJob, FileResult, find_inputs, plan_jobs, remove_temporaries
 from .pool import BatchRun, WorkerSlot, connect_ray

@@ -2,6 +2,8 @@
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from .jobs import FileResult, find_inputs, plan_jobs
 from .pool import BatchRun, connect_ray
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+STATUSES = ("ok", "failed", "skipped", "stopped")
 
 
 def summary_table(results: list[FileResult], events: list[str], seconds: float) -> str:
@@ -20,22 +23,23 @@ def summary_table(results: list[FileResult], events: list[str], seconds: float) 
                      str(r.attempts), r.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths)) + "  " + row[6] for row in rows]
-    count = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    count = {s: sum(r.status == s for r in results) for s in STATUSES}
     frames = sum(r.frames for r in results)
-    lines.append(f"{count['ok']} ok, {count['failed']} failed, {count['skipped']} skipped; {frames} frames in "
+    stopped = f", {count['stopped']} stopped" if count["stopped"] else ""
+    lines.append(f"{count['ok']} ok, {count['failed']} failed, {count['skipped']} skipped{stopped}; {frames} frames in "
                  f"{seconds:.1f} s ({frames / seconds if seconds else 0:.1f} frames/s, "
                  f"{count['ok'] / seconds if seconds else 0:.2f} files/s)")
     lines += [f"event: {e}" for e in events]
     return "\n".join(lines)
 
 
-def report(run: BatchRun) -> dict:
+def report(run: BatchRun, skipped_inputs: list[str]) -> dict:
     ok = [r for r in run.results if r.status == "ok"]
     return {"engine": run.engine, "workers": run.workers, "gpus_per_worker": run.gpus, "seconds": round(run.seconds, 3),
             "workers_ready_seconds": round(run.ready_seconds, 3),
             "files_per_second": round(len(ok) / run.seconds, 4) if run.seconds else 0,
-            "counts": {s: sum(r.status == s for r in run.results) for s in ("ok", "failed", "skipped")},
-            "events": run.events,
+            "counts": {s: sum(r.status == s for r in run.results) for s in STATUSES},
+            "stopped": run.stopped, "events": run.events, "inputs_left_out": skipped_inputs,
             "files": [{**dataclasses.asdict(r), "fps": round(r.fps, 3), "seconds": round(r.seconds, 3)}
                       for r in run.results]}
 
@@ -69,19 +73,45 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--retries must be at least 0, got {a.retries}")
     if a.ext and not a.ext.startswith("."):
         a.ext = "." + a.ext
+    a.report = a.report or str(Path(a.out) / "batch-report.json")
+    # Checked here, before Ray starts and the workers load the model: a folder that cannot be
+    # written would fail every file, and the report last.
+    for folder, what in ((a.out, "--out"), (os.path.dirname(os.path.abspath(a.report)), "the report's folder")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            p.error(f"{what} {folder}: cannot make this folder ({e.strerror})")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            p.error(f"{what} {folder}: not writable")
+    if os.path.isdir(a.report):
+        p.error(f"--report {a.report} is a folder")
+    a.skipped_inputs = []
     try:
-        a.sources = find_inputs(a.inputs, a.input_list)
+        a.sources = find_inputs(a.inputs, a.input_list, exclude=[a.out, a.report], skipped=a.skipped_inputs)
+        a.jobs = plan_jobs(a.sources, a.out, a.ext)
     except (ValueError, OSError) as e:
         p.error(str(e))
     return a
 
 
 def main(argv=None) -> int:
+    """Exit status 0, 1 (a file failed, or Ray could not start) or 2 (bad arguments); 128 + N after
+    signal N (SIGINT, SIGTERM): the files in progress are abandoned, the summary and report written."""
     a = parse_args(argv)
     import ray
-    jobs = plan_jobs(a.sources, a.out, a.ext)
-    joined = connect_ray(a.address)
+    signals = []            # the signals received, from Ray's start on
+    run = None
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        if run is not None:
+            run.stop(signal.Signals(signum).name)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    joined = False
     try:
+        joined = connect_ray(a.address)
+        for signum in previous:          # again: ray.init() put Ray's own handlers in (SIGTERM: exit 1)
+            signal.signal(signum, on_signal)
         resources = ray.cluster_resources()
         gpus = a.gpus_per_worker if a.gpus_per_worker is not None else (1 if resources.get("GPU") else 0)
         if gpus and not resources.get("GPU"):
@@ -90,19 +120,22 @@ def main(argv=None) -> int:
         fits = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // a.cpus_per_worker)
         workers = a.workers or max(1, fits)
         options = {"codec": a.codec, "crf": a.crf, "pix_fmt": a.pix_fmt, "resize": a.resize}
-        run = BatchRun(a.engine, jobs, workers=workers, gpus_per_worker=gpus, cpus_per_worker=a.cpus_per_worker,
+        run = BatchRun(a.engine, a.jobs, workers=workers, gpus_per_worker=gpus, cpus_per_worker=a.cpus_per_worker,
                        retries=a.retries, backend=a.backend, options=options, progress=a.progress)
-        try:
-            results = run.run()
-        except RuntimeSetupError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_FAILED
+        if signals:                                      # while Ray was starting
+            run.stop(signal.Signals(signals[0]).name)
+        results = run.run()
+    except RuntimeSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if joined:
             ray.shutdown()
-    print(summary_table(results, run.events, run.seconds), file=sys.stderr)
-    report_path = Path(a.report or Path(a.out) / "batch-report.json")
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report(run), indent=1))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    events = [f"left out: {why}" for why in a.skipped_inputs] + run.events
+    print(summary_table(results, events, run.seconds), file=sys.stderr)
+    Path(a.report).write_text(json.dumps(report(run, a.skipped_inputs), indent=1))
+    if signals:
+        return 128 + signals[0]
     return EXIT_FAILED if any(r.status == "failed" for r in results) else 0
-

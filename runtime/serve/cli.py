@@ -23,8 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--idle-timeout", type=float, default=600, help="seconds before an idle stream is closed")
     p.add_argument("--name", default=SERVICE, help=f"service name in the cluster (default {SERVICE})")
     p.add_argument("--token-file", default=str(DEFAULT_TOKEN_FILE),
-                   help=f"where the service token is read from, or written to (mode 0600) if missing "
-                        f"(default {DEFAULT_TOKEN_FILE}; {TOKEN_ENV} overrides)")
+                   help=f"where the service token is read from (a file only you can read: chmod 600), or "
+                        f"written to if missing (default {DEFAULT_TOKEN_FILE}; {TOKEN_ENV} overrides)")
     a = p.parse_args(argv)
     for flag, value in (("--replicas", a.replicas), ("--max-streams", a.max_streams)):
         if value < 1:
@@ -36,8 +36,17 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     import ray
     from ..batch import connect_ray
-    token = service_token(a.token_file)
-    joined = connect_ray(a.address)
+    from ..errors import RuntimeSetupError
+    try:
+        token = service_token(a.token_file)
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        joined = connect_ray(a.address)
+    except RuntimeSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     router = None
     try:
         resources = ray.cluster_resources()

@@ -4,32 +4,41 @@ from collections import deque
 
 import numpy as np
 
-from .common import (DEFAULT_TOKEN_FILE, NAMESPACE, SERVICE, TOKEN_ENV, BadPush, Busy, Refused, ServeError,
-                     StreamLost, check_frames)
+from ..errors import RuntimeSetupError
+from .common import (DEFAULT_TOKEN_FILE, NAMESPACE, OPEN_TIMEOUT_S, SERVICE, TOKEN_ENV, BadPush, Busy, Refused,
+                     ServeError, StreamLost, check_frames, check_token, env_token, read_token_file)
 
 def read_token(token: str | None = None) -> str:
-    token = token or os.environ.get(TOKEN_ENV)
-    if not token and DEFAULT_TOKEN_FILE.is_file():
-        token = DEFAULT_TOKEN_FILE.read_text().strip()
-    if not token:
-        raise ServeError(f"no service token: pass token=, set {TOKEN_ENV}, or copy the file runtime.serve wrote "
-                         f"({DEFAULT_TOKEN_FILE})")
-    return token
+    """`token`, else SWIFTVR_SERVE_TOKEN, else the default token file (mode 0600)."""
+    if token is not None:
+        return check_token(token, "token")
+    token = env_token()
+    if token is not None:
+        return token
+    if os.path.lexists(DEFAULT_TOKEN_FILE):
+        return read_token_file(DEFAULT_TOKEN_FILE)
+    raise ServeError(f"no service token: pass token=, set {TOKEN_ENV}, or copy the file runtime.serve wrote "
+                     f"({DEFAULT_TOKEN_FILE}, mode 600)")
 
 
 def connect(address: str | None = "auto", *, token: str | None = None, name: str = SERVICE) -> "Client":
-    """Join the Ray cluster at `address` ("auto", "ray://host:10001"; None: the one this process
-    is already in) and find the service `name`."""
+    """Join the Ray cluster at `address` ("auto", "HOST:6379", "ray://host:10001"; None: the one this
+    process is already in) and find the service `name`. Ray's token (~/.ray/auth_token) is sent
+    without RAY_AUTH_MODE=token exported (see batch.pool.send_ray_token)."""
     import ray
+    from ..batch.pool import join_ray
+    token = read_token(token)
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+        try:
+            join_ray(address, namespace=NAMESPACE)
+        except RuntimeSetupError as e:
+            raise ServeError(str(e)) from None
     try:
         router = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         raise ServeError(f"no SwiftVR service {name!r} in the Ray cluster at {address}: start one with "
                          f"python -m runtime.serve --engine BUNDLE --address {address}") from None
-    return Client(router, read_token(token))
+    return Client(router, token)
 
 
 class Client:
@@ -38,7 +47,13 @@ class Client:
 
     def open(self) -> "Stream":
         import ray
-        answer = ray.get(self.router.open.remote(self.token))
+        from ray.exceptions import GetTimeoutError, RayActorError
+        try:
+            answer = ray.get(self.router.open.remote(self.token), timeout=OPEN_TIMEOUT_S)
+        except GetTimeoutError:
+            raise ServeError(f"the service did not answer in {OPEN_TIMEOUT_S:g} s; try again later") from None
+        except RayActorError:
+            raise ServeError("the service has stopped") from None
         if answer.get("error") == "busy":
             raise Busy("busy: every replica holds its limit of streams; try again later or add replicas")
         if "error" in answer:
@@ -48,7 +63,8 @@ class Client:
 
 class Stream:
     """One live stream. push() / flush() in one thread; submit() + result() let a client keep a
-    push on the wire while it reads the next frames (results still come back in order)."""
+    push on the wire while it reads the next frames (results still come back in order; at most
+    PUSH_WINDOW pushes may be on the wire at once)."""
 
     def __init__(self, stream_id: str, replica, info: dict):
         self.id, self.replica, self.info = stream_id, replica, info
@@ -67,18 +83,25 @@ class Stream:
 
     def result(self, pending) -> np.ndarray:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError
+        from ..batch.pool import worker_deaths
         try:
             answer = ray.get(pending)
-        except RayActorError:
+        except worker_deaths():
             self.closed = True
             raise StreamLost(f"stream {self.id[:6]}...: its replica died; the stream's state (ReAE, chunk "
                              f"history) is gone: open a new stream") from None
+        except RayError as e:
+            cause = str(getattr(e, "cause", None) or e).strip().splitlines()
+            raise ServeError(f"the replica failed: {cause[-1] if cause else type(e).__name__}") from None
         error = answer.get("error")
         if error == "refused":
             raise Refused("refused")
         if error == "bad":
             raise BadPush(f"push refused: {answer['message']}")
+        if error == "closed":
+            self.closed = True
+            raise StreamLost(f"stream {self.id[:6]}...: {answer['message']}; open a new stream")
         if error:
             raise ServeError(answer["message"])
         return answer["frames"]

@@ -1,4 +1,6 @@
-"""What the client, the replicas and the router share: names, errors, the check of a push."""
+"""What the client, the replicas and the router share: names, limits, errors, the checks of a token
+and of a push."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,11 @@ from ..errors import RuntimeSetupError
 SERVICE, NAMESPACE = "swiftvr-serve", "swiftvr"
 TOKEN_ENV = "SWIFTVR_SERVE_TOKEN"
 DEFAULT_TOKEN_FILE = Path.home() / ".config" / "swiftvr" / "serve.token"
-ORDER_TIMEOUT_S = 60           # how long a push waits for the pushes before it (pipelined clients)
+MIN_TOKEN_CHARS = 16           # secrets.token_urlsafe(32) makes 43
+PUSH_WINDOW = 4                # pushes of one stream on its replica at once (running or waiting their turn)
+ORDER_TIMEOUT_S = 60.0         # how long a push waits for the pushes before it (pipelined clients)
+CONTROL_TIMEOUT_S = 10.0       # how long the router waits for a replica's answer to load() / open()
+OPEN_TIMEOUT_S = 60.0          # how long a client waits for the router's answer to open()
 
 
 class ServeError(RuntimeSetupError):
@@ -24,7 +30,7 @@ class Refused(ServeError):
 
 
 class StreamLost(ServeError):
-    """The replica holding the stream died: its state is gone, open a new stream."""
+    """The stream's state is gone (its replica died, or it was closed idle): open a new stream."""
 
 
 class BadPush(ServeError, ValueError):
@@ -43,3 +49,35 @@ def check_frames(frames, input_size: tuple[int, int], max_frames: int) -> str | 
     if not 1 <= len(frames) <= max_frames:
         return f"a push holds 1..{max_frames} frames, got {len(frames)}"
     return None
+
+
+def check_token(token, where: str) -> str:
+    """The token, if it can be one: a short or empty token would open the service to guessing."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or not token.isascii() \
+            or not token.isprintable() or any(c.isspace() for c in token):
+        length = f"{len(token)} characters" if isinstance(token, str) else type(token).__name__
+        raise ServeError(f"{where}: a service token is at least {MIN_TOKEN_CHARS} printable ASCII characters "
+                         f"without spaces (got {length})")
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`: a file only its owner can read or write (as `chmod 600` leaves it)."""
+    if not path.exists():
+        raise ServeError(f"{path} is a symbolic link to nothing (a missing file, or a loop): remove it, or "
+                         f"link it to the token file")
+    if not path.is_file():
+        raise ServeError(f"{path} is not a file")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ServeError(f"{path} can be read or changed by other users (mode {mode:04o}): chmod 600 {path}")
+    try:
+        token = path.read_text(errors="replace").strip()
+    except OSError as e:
+        raise ServeError(f"cannot read {path}: {e.strerror}") from None
+    return check_token(token, str(path))
+
+
+def env_token() -> str | None:
+    """The token in SWIFTVR_SERVE_TOKEN, or None when it is not set."""
+    return check_token(os.environ[TOKEN_ENV], TOKEN_ENV) if TOKEN_ENV in os.environ else None

@@ -1,25 +1,41 @@
-"""The router: a named, detached Ray actor that opens streams on replicas and replaces dead ones."""
+"""The router: a named, detached Ray actor that opens streams on replicas and replaces dead ones.
+
+Its calls: ready() -> dict (once every replica has loaded the model: {"replicas": n, **replica info}),
+open(token) -> {"id", "replica", "info"} | {"error": "refused" | "busy"}, shutdown(). It never waits
+on a replica longer than CONTROL_TIMEOUT_S: a replica that does not answer in time is passed over.
+"""
 import hmac
 import os
 import secrets
+import threading
 from pathlib import Path
 
-from .common import NAMESPACE, SERVICE, TOKEN_ENV, ServeError
-from .replica import StreamReplica
+from .common import (CONTROL_TIMEOUT_S, NAMESPACE, ORDER_TIMEOUT_S, PUSH_WINDOW, SERVICE, ServeError, check_token,
+                     env_token, read_token_file)
+from .replica import actor_class
+
 
 class Router:
     def __init__(self, token: str, replicas: int, replica_args: tuple, replica_options: dict):
-        self.token = token
+        self.token = check_token(token, "the service token")
         self.replica_args, self.replica_options = replica_args, replica_options
+        self.lock = threading.Lock()         # open() runs on several threads: one replaces a dead replica
         self.replicas = [self._start() for _ in range(replicas)]
         self.info = None
 
     def _start(self):
-        import ray
-        return ray.remote(StreamReplica).options(**self.replica_options).remote(*self.replica_args)
+        return actor_class().options(**self.replica_options).remote(*self.replica_args)
+
+    def _replace(self, dead) -> None:
+        """A new replica in the dead one's place (its streams are lost; their clients are told)."""
+        with self.lock:
+            for i, replica in enumerate(self.replicas):
+                if replica is dead:
+                    self.replicas[i] = self._start()
 
     def _allowed(self, token) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode())
+        # compare_digest takes ASCII strings only; the service token is ASCII (check_token).
+        return isinstance(token, str) and token.isascii() and hmac.compare_digest(token, self.token)
 
     def ready(self) -> dict:
         import ray
@@ -28,25 +44,33 @@ class Router:
         return {"replicas": len(infos), **self.info}
 
     def open(self, token) -> dict:
-        """A new stream on the least loaded live replica (dead ones are replaced first)."""
+        """A new stream on the least loaded live replica (dead ones are replaced, slow ones passed over)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError
+        from ..batch.pool import worker_deaths
         if not self._allowed(token):
             return {"error": "refused"}
+        replicas = list(self.replicas)
+        asked = [r.load.remote() for r in replicas]
+        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=CONTROL_TIMEOUT_S)
         loads = []
-        for i, replica in enumerate(self.replicas):
-            try:
-                loads.append((ray.get(replica.load.remote(), timeout=30), i))
-            except RayActorError:
-                self.replicas[i] = self._start()    # its streams are lost; their clients are told
+        for i, ref in enumerate(asked):
+            if ref in answered:
+                try:
+                    loads.append((ray.get(ref), i))
+                except worker_deaths():
+                    self._replace(replicas[i])
         for _, i in sorted(loads):
+            replica = replicas[i]
             try:
-                stream_id = ray.get(self.replicas[i].open.remote())
-            except RayActorError:                    # died since it answered load()
-                self.replicas[i] = self._start()
+                stream_id = ray.get(replica.open.remote(), timeout=CONTROL_TIMEOUT_S)
+            except GetTimeoutError:
+                continue
+            except worker_deaths():            # died since it answered load()
+                self._replace(replica)
                 continue
             if stream_id:
-                return {"id": stream_id, "replica": self.replicas[i], "info": self.info}
+                return {"id": stream_id, "replica": replica, "info": self.info}
         return {"error": "busy"}
 
     def shutdown(self) -> None:
@@ -56,33 +80,41 @@ class Router:
 
 
 def service_token(path: str) -> str:
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
+    """SWIFTVR_SERVE_TOKEN, else the token file at `path`, made (mode 0600) if there is none."""
+    token = env_token()
+    if token is not None:
+        return token
     path = Path(path)
-    if path.is_file():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path):
+        return read_token_file(path)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise ServeError(f"cannot write the service token to {path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
 
 
 def start_service(engine: str, *, replicas: int = 1, token: str, gpus: float = 0, cpus: float = 1,
-                  max_streams: int = 4, max_push_frames=None, idle_timeout_s=600.0, backend=None, name=SERVICE):
+                  max_streams: int = 4, max_push_frames=None, idle_timeout_s=600.0, order_timeout_s=ORDER_TIMEOUT_S,
+                  backend=None, name=SERVICE):
     """Start the router and its replicas in the Ray cluster this process is in; returns the router
-    once every replica has loaded the model."""
+    once every replica has loaded the model. order_timeout_s: how long a push waits for the pushes
+    before it (see replica.py)."""
     import ray
+    from ray.exceptions import RayActorError, RayTaskError
+    check_token(token, "token")
     threads = max(1, int(cpus)) if not gpus else None
     replica_args = (str(Path(engine).absolute()), backend, None, threads, max_streams, max_push_frames,
-                    idle_timeout_s)
-    # Threads: each stream's push, plus a few for control calls (open, load, close).
-    options = {"num_cpus": cpus, "num_gpus": gpus, "max_concurrency": 2 * max_streams + 4}
-    from ray.exceptions import RayActorError, RayTaskError
+                    idle_timeout_s, order_timeout_s)
+    options = {"num_cpus": cpus, "num_gpus": gpus, "max_concurrency": max_streams * PUSH_WINDOW}
     try:
+        # Threads: opens run side by side, so that a slow replica holds up only the opens asking it.
         router = ray.remote(Router).options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-                                            max_concurrency=1).remote(token, replicas, replica_args, options)
+                                            max_concurrency=8).remote(token, replicas, replica_args, options)
     except ValueError:
         raise ServeError(f"a service named {name!r} already runs in this cluster: stop it, or pass --name") from None
     try:
