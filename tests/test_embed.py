@@ -247,6 +247,24 @@ def test_restore_raw_refuses_a_frame_size_the_model_does_not_take(build, cpu_bun
         assert_refused(done, 2, size, RAW_SIZE, "does not resize")
 
 
+def test_restore_raw_restores_whole_frames_then_reports_a_partial_one(build, cpu_bundle):
+    """Like `runtime.stream` with truncated input: what was whole is restored and written, the
+    partial frame is an error (status 1) that says how many bytes were left over."""
+    frames = moving_frames(19, *SIZE, seed=7)
+    frame_bytes = SIZE[0] * SIZE[1] * 3
+    stdin = frames.tobytes() + bytes(frame_bytes // 2)
+    for options in [("--batch", 5), ("--bench", 1)]:
+        done = run(build / "restore_raw", cpu_bundle, RAW_SIZE, *options, stdin=stdin)
+        message = done.stderr.decode()
+        assert done.returncode == 1 and message.count("\n") == 1, (options, done.returncode, message)
+        assert message.startswith(f"error: stdin: truncated frame 19: {frame_bytes // 2} of {frame_bytes} bytes "
+                                  f"({RAW_SIZE} rgb24) left over; the 19 whole frames before it were restored"), message
+        if options[0] == "--bench":
+            assert re.fullmatch(rb"frames/s [\d.]+\n", done.stdout), done.stdout
+        else:
+            assert done.stdout == stream_output(cpu_bundle, frames)
+
+
 # ---- memory errors -----------------------------------------------------------------------------
 
 def own_leaks(report: str) -> list[str]:

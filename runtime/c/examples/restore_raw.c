@@ -13,6 +13,7 @@
  * --bench ROUNDS: read all of stdin first, then restore it ROUNDS times (a new session each; at most
  *   1000) and print "frames/s <value>" per round to stdout (timing push..flush only, no I/O).
  * Exit status 0; 1 with "error: <message>" on stderr; 2 bad arguments (nothing read or written).
+ * A partial frame at the end of stdin is an error (1) after the whole frames before it are restored.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -111,6 +112,17 @@ static int drain(swiftvr_session *s, uint8_t *out, size_t out_frame, FILE *sink)
     return 0;
 }
 
+/* The error for `partial` bytes left after `whole` frames (status 1; 0 when none were left): the
+ * frames before them were restored, as runtime.stream does with a truncated stdin. */
+static int partial_frame(size_t whole, size_t partial, size_t in_frame, int width, int height,
+                         swiftvr_format format) {
+    if (!partial)
+        return 0;
+    return fail(1, "stdin: truncated frame %zu: %zu of %zu bytes (%dx%d %s) left over; the %zu whole frames "
+                   "before it were restored", whole, partial, in_frame, width, height,
+                format == SWIFTVR_RGB24 ? "rgb24" : "yuv420p", whole);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s MODEL WxH [--yuv420p] [--batch N] [--in-flight N] [--threads N] "
@@ -174,7 +186,7 @@ int main(int argc, char **argv) {
     int status = 0;
 
     if (rounds) {                 /* benchmark: all frames in memory, time the API calls only */
-        size_t count = 0, capacity = 0, bytes;
+        size_t count = 0, capacity = 0, partial = 0, bytes;
         uint8_t *all = NULL;
         for (;;) {
             if (count == capacity) {
@@ -186,10 +198,16 @@ int main(int argc, char **argv) {
                 }
                 all = grown;
             }
-            if (fread(all + count * in_frame, in_frame, 1, stdin) != 1)
+            /* In bytes, not whole frames, so that a partial frame at the end is counted. */
+            size_t got = fread(all + count * in_frame, 1, in_frame, stdin);
+            if (got < in_frame) {
+                partial = got;
                 break;
+            }
             count++;
         }
+        if (!status && ferror(stdin))
+            status = die("cannot read stdin");
         for (int r = 0; r < rounds && !status; r++) {
             swiftvr_session *s;
             if (swiftvr_session_open(model, &session_options, &s) != SWIFTVR_OK) {
@@ -210,9 +228,14 @@ int main(int argc, char **argv) {
                 printf("frames/s %.4f\n", count / seconds);
             swiftvr_session_free(s);
         }
+        if (!status && fflush(stdout) != 0)
+            status = die("cannot write to stdout");
+        if (!status)
+            status = partial_frame(count, partial, in_frame, width, height, format);
         free(all);
     } else {                      /* stream: push frames as they arrive, write what is ready */
         swiftvr_session *s;
+        size_t whole = 0, partial = 0;
         uint8_t *frames = malloc(in_batch);
         if (!frames)
             status = fail(1, "out of memory for --batch %d frames of %dx%d (%zu bytes)", batch, width, height,
@@ -221,22 +244,32 @@ int main(int argc, char **argv) {
             status = die(swiftvr_last_error());
         else {
             for (;;) {
-                size_t n = fread(frames, in_frame, batch, stdin);
+                /* Bytes, not frames: fread of whole frames would drop a partial one without a word. */
+                size_t got = fread(frames, 1, in_batch, stdin), n = got / in_frame;
                 if (n && swiftvr_session_push(s, frames, n, width, height, format) != SWIFTVR_OK) {
                     status = die(swiftvr_last_error());
                     break;
                 }
+                whole += n;
                 if (drain(s, out, out_frame, stdout) < 0) {
                     status = die("cannot write to stdout");
                     break;
                 }
-                if (n < (size_t)batch)
+                if (got < in_batch) {
+                    partial = got - n * in_frame;
                     break;
+                }
             }
+            /* A read error or a partial frame ends the input like its end would: what was whole
+             * is still restored and written, then the error is reported. */
             if (!status && swiftvr_session_flush(s) != SWIFTVR_OK)
                 status = die(swiftvr_last_error());
-            if (!status && drain(s, out, out_frame, stdout) < 0)
+            if (!status && (drain(s, out, out_frame, stdout) < 0 || fflush(stdout) != 0))
                 status = die("cannot write to stdout");
+            if (!status && ferror(stdin))
+                status = die("cannot read stdin");
+            if (!status)
+                status = partial_frame(whole, partial, in_frame, width, height, format);
             swiftvr_session_free(s);
         }
         free(frames);
