@@ -265,6 +265,19 @@ def test_restore_raw_restores_whole_frames_then_reports_a_partial_one(build, cpu
             assert done.stdout == stream_output(cpu_bundle, frames)
 
 
+def test_restore_two_threads_refuses_bad_arguments_with_status_2(build, cpu_bundle, tmp_path):
+    moving_frames(3, *SIZE).tofile(tmp_path / "a.rgb")
+    files = [tmp_path / "a.rgb", tmp_path / "a.out", tmp_path / "a.rgb", tmp_path / "b.out"]
+    for size, extra, needle in [*[(size, [], f"must look like WIDTHxHEIGHT, e.g. 480x270, got {size}")
+                                  for size in ["17x16x", "0x16", "-17x16", "99999999999x16"]],
+                                ("18x16", [], f"the frames are 18x16, but {cpu_bundle} takes {RAW_SIZE} frames"),
+                                (RAW_SIZE, ["--one-threads"], "unknown argument --one-threads"),
+                                (RAW_SIZE, ["--one-thread", "-v"], "unknown argument -v")]:
+        done = run(build / "restore_two_threads", cpu_bundle, size, *files, *extra, timeout=30)
+        assert_refused(done, 2, needle)
+        assert not (tmp_path / "a.out").exists() and not (tmp_path / "b.out").exists()
+
+
 # ---- memory errors -----------------------------------------------------------------------------
 
 def own_leaks(report: str) -> list[str]:
