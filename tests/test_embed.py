@@ -217,6 +217,79 @@ def test_a_wrong_python_home_or_root_is_a_clear_error(build, cpu_bundle, tmp_pat
         assert message.startswith(f"error: {variable}={value} ") and message.count("\n") == 1, message
 
 
+def assert_refused(done, status, *needles):
+    """Refused with `status`, one "error: ..." line naming `needles` on stderr, nothing on stdout."""
+    message = done.stderr.decode()
+    assert done.returncode == status, (done.returncode, message)
+    assert message.startswith("error: ") and message.count("\n") == 1, message
+    assert all(needle in message for needle in needles), (needles, message)
+    assert done.stdout == b""
+
+
+# Each was accepted before: as a default, as garbage that exited 0 with no output (--batch
+# 2000000000: malloc's NULL went to fread), or as a value that ran for minutes (--threads 100000).
+# Per argument: (WxH, options, what the message must say).
+NUMBERS = {"--batch": (1024, ["2000000000", "0", "-1", "12abc", "1.5", "", "1025", "99999999999999999999"]),
+           "--threads": (256, ["100000", "257", "0", "-4", "4x", "1e3"]),
+           "--in-flight": (64, ["65", "0", "-3", "3 "]),
+           "--bench": (1000, ["1001", "0", "-1", "2e3", "0x10"])}
+BAD_RESTORE_RAW_ARGUMENTS = {
+    "WxH": [(size, (), f"the frame size must look like WIDTHxHEIGHT, e.g. 480x270, got {size}")
+            for size in ["17x16x", "17", "17x", "x16", "17x16abc", "17 x16", "-17x16", "17x-16", "0x16", "17x0",
+                         "+17x16", "99999999999999999999x16", "17x4294967312", "seventeen"]],
+    **{flag: [(RAW_SIZE, (flag, value), f"{flag} takes a whole number from 1 to {most}, got {value}")
+              for value in values] for flag, (most, values) in NUMBERS.items()},
+    "no value": [(RAW_SIZE, ("--yuv420p", flag), f"{flag} needs a value") for flag in NUMBERS],
+    "unknown": [(RAW_SIZE, ("--frames", "3"), "unknown option --frames")],
+}
+
+
+@pytest.mark.parametrize("argument", BAD_RESTORE_RAW_ARGUMENTS)
+def test_restore_raw_refuses_bad_arguments_with_status_2(build, cpu_bundle, argument):
+    frames = moving_frames(3, *SIZE, seed=7).tobytes()
+    for size, options, needle in BAD_RESTORE_RAW_ARGUMENTS[argument]:
+        done = run(build / "restore_raw", cpu_bundle, size, *options, stdin=frames, timeout=30)
+        assert_refused(done, 2, needle)
+
+
+def test_restore_raw_refuses_a_frame_size_the_model_does_not_take(build, cpu_bundle):
+    # Before: 100000x100000 exited 0 with no output and no message (malloc's NULL went to fread).
+    for size in ["100000x100000", "18x16"]:
+        done = run(build / "restore_raw", cpu_bundle, size, stdin=moving_frames(2, *SIZE).tobytes(), timeout=60)
+        assert_refused(done, 2, size, RAW_SIZE, "does not resize")
+
+
+def test_restore_raw_restores_whole_frames_then_reports_a_partial_one(build, cpu_bundle):
+    """Like `runtime.stream` with truncated input: what was whole is restored and written, the
+    partial frame is an error (status 1) that says how many bytes were left over."""
+    frames = moving_frames(19, *SIZE, seed=7)
+    frame_bytes = SIZE[0] * SIZE[1] * 3
+    stdin = frames.tobytes() + bytes(frame_bytes // 2)
+    for options in [("--batch", 5), ("--bench", 1)]:
+        done = run(build / "restore_raw", cpu_bundle, RAW_SIZE, *options, stdin=stdin)
+        message = done.stderr.decode()
+        assert done.returncode == 1 and message.count("\n") == 1, (options, done.returncode, message)
+        assert message.startswith(f"error: stdin: truncated frame 19: {frame_bytes // 2} of {frame_bytes} bytes "
+                                  f"({RAW_SIZE} rgb24) left over; the 19 whole frames before it were restored"), message
+        if options[0] == "--bench":
+            assert re.fullmatch(rb"frames/s [\d.]+\n", done.stdout), done.stdout
+        else:
+            assert done.stdout == stream_output(cpu_bundle, frames)
+
+
+def test_restore_two_threads_refuses_bad_arguments_with_status_2(build, cpu_bundle, tmp_path):
+    moving_frames(3, *SIZE).tofile(tmp_path / "a.rgb")
+    files = [tmp_path / "a.rgb", tmp_path / "a.out", tmp_path / "a.rgb", tmp_path / "b.out"]
+    for size, extra, needle in [*[(size, [], f"must look like WIDTHxHEIGHT, e.g. 480x270, got {size}")
+                                  for size in ["17x16x", "0x16", "-17x16", "99999999999x16"]],
+                                ("18x16", [], f"the frames are 18x16, but {cpu_bundle} takes {RAW_SIZE} frames"),
+                                (RAW_SIZE, ["--one-threads"], "unknown argument --one-threads"),
+                                (RAW_SIZE, ["--one-thread", "-v"], "unknown argument -v")]:
+        done = run(build / "restore_two_threads", cpu_bundle, size, *files, *extra, timeout=30)
+        assert_refused(done, 2, needle)
+        assert not (tmp_path / "a.out").exists() and not (tmp_path / "b.out").exists()
+
+
 # ---- memory errors -----------------------------------------------------------------------------
 
 def own_leaks(report: str) -> list[str]:

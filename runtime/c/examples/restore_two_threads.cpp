@@ -5,9 +5,14 @@
 // Each input is a file of raw RGB24 frames of WxH; each output gets the restored RGB24 frames
 // (written by the session's callback as chunks finish). --one-thread restores A then B on the
 // main thread: the bytes must be the same. Prints one line per stream to stderr.
+// Exit status 0; 1 with "error: <message>" on stderr; 2 bad arguments (WxH not a size, or not the
+// model's input size; an argument other than --one-thread): nothing read or written.
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
-#include <cstdio>
+#include <climits>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -18,6 +23,24 @@
 #include "swiftvr.hpp"
 
 namespace {
+
+// The frame size "WxH" into `size`: whole numbers from 1 to INT_MAX, no sign, space or anything
+// after them (sscanf("%dx%d") took "17x16x" and "0x16", and overflowed silently).
+bool parse_size(const char *text, swiftvr::Size &size) {
+    int *parts[] = {&size.width, &size.height};
+    for (int i = 0; i < 2; i++) {
+        char *end;
+        if (!std::isdigit(static_cast<unsigned char>(*text)))
+            return false;
+        errno = 0;
+        long number = std::strtol(text, &end, 10);
+        if (errno == ERANGE || number < 1 || number > INT_MAX || *end != (i == 0 ? 'x' : '\0'))
+            return false;
+        *parts[i] = static_cast<int>(number);
+        text = end + 1;
+    }
+    return true;
+}
 
 std::vector<std::uint8_t> read_file(const std::string &path) {
     std::ifstream in(path, std::ios::binary);
@@ -59,12 +82,28 @@ int main(int argc, char **argv) {
         std::cerr << "usage: " << argv[0] << " MODEL WxH A.rgb A.out.rgb B.rgb B.out.rgb [--one-thread]\n";
         return 2;
     }
-    bool one_thread = argc > 7 && std::string(argv[7]) == "--one-thread";
+    // Anything after the files must be --one-thread: a misspelt one used to run on two threads.
+    for (int i = 7; i < argc; i++) {
+        if (std::string(argv[i]) != "--one-thread") {
+            std::cerr << "error: unknown argument " << argv[i] << " (the only option is --one-thread)\n";
+            return 2;
+        }
+    }
+    bool one_thread = argc > 7;
+    swiftvr::Size size;
+    if (!parse_size(argv[2], size)) {
+        std::cerr << "error: the frame size must look like WIDTHxHEIGHT, e.g. 480x270, got " << argv[2] << "\n";
+        return 2;
+    }
     try {
-        swiftvr::Size size;
-        if (std::sscanf(argv[2], "%dx%d", &size.width, &size.height) != 2)
-            throw std::runtime_error("the frame size must look like WIDTHxHEIGHT");
         swiftvr::Model model(argv[1]);
+        // Checked before any file is read or written: other sizes would fail at the first push.
+        swiftvr::Size takes = model.input_size();
+        if (size.width != takes.width || size.height != takes.height) {
+            std::cerr << "error: the frames are " << argv[2] << ", but " << argv[1] << " takes " << takes.width << "x"
+                      << takes.height << " frames (restore_two_threads does not resize)\n";
+            return 2;
+        }
         std::cerr << "model: " << model.describe() << "\n";
         std::string reports[2];
         std::exception_ptr errors[2];
