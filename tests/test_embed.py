@@ -256,7 +256,7 @@ def test_restore_raw_refuses_a_frame_size_the_model_does_not_take(build, cpu_bun
     # Before: 100000x100000 exited 0 with no output and no message (malloc's NULL went to fread).
     for size in ["100000x100000", "18x16"]:
         done = run(build / "restore_raw", cpu_bundle, size, stdin=moving_frames(2, *SIZE).tobytes(), timeout=60)
-        assert_refused(done, 2, size, RAW_SIZE, "does not resize")
+        assert_refused(done, 2, size, RAW_SIZE, "--resize stretches them")
 
 
 def test_restore_raw_restores_whole_frames_then_reports_a_partial_one(build, cpu_bundle):
