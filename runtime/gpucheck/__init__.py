@@ -261,7 +261,7 @@ def memory_flat(run: Run) -> dict:
             samples.append(model.cuda.memory_in_use())
             waiting.append(len(model.cuda._waiting) + len(model.cuda._retired))
         session.flush()
-        pinned = len(session.runner.k.pinned.free) + len(session.runner.k.pinned.busy)
+        pinned = len(session.runner.kernels.pinned.free) + len(session.runner.kernels.pinned.busy)
     growing = grows(samples, 16 * MIB)
     # allocations waiting for their last use: a few chunks' worth, not a number that keeps rising
     return {"status": "fail" if growing or grows(waiting, 8) else "pass", "chunks": run.chunks,
