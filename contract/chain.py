@@ -35,6 +35,10 @@ class GraphRunner(Protocol):
         """A zero array; dtype is the contract's numpy name (uint8, float16, bfloat16, float32)."""
     def shape(self, value) -> tuple:
         """The shape of a value this runner made or takes."""
+    def slice(self, value, axis: int, start: int, stop: int) -> Any:
+        """value[start:stop] along `axis`, as a value of its own (or a view the runner may keep)."""
+    def concat(self, values: list, axis: int) -> Any:
+        """The values joined along `axis`."""
 
 
 class GraphChain:
@@ -46,9 +50,10 @@ class GraphChain:
         return {s.input: self.runner.zeros(s.shape, s.dtype) for s in self.contract.state[which]}
 
     def encode(self, frames, state: dict) -> tuple[Any, dict]:
-        """-> (LQ latents [1, 48, n, h, w], the state for the next chunk)."""
-        out = self.runner.run(self.contract.encoder, {FRAMES: frames, **state})
-        return out[LATENTS], self._next_state("encoder", out)
+        """-> (LQ latents [1, 48, n, h, w], the state for the next chunk). A chunk of more frames than
+        the encoder takes per call is encoded in slices, the state carried from one to the next."""
+        return self._sliced(self.contract.encoder, FRAMES, 0, self.contract.encoder_frames_per_call,
+                            LATENTS, 2, frames, state, "encoder")
 
     def dit(self, latents):
         """-> restored latents, same shape."""
@@ -63,9 +68,26 @@ class GraphChain:
         return values[RESTORED], {name: v for name, v in values.items() if is_hidden(name)}
 
     def decode(self, latents, state: dict) -> tuple[Any, dict]:
-        """-> (uint8 frames [4n, H, W, 3], the state for the next chunk)."""
-        out = self.runner.run(self.contract.decoder, {LATENTS: latents, **state})
-        return out[FRAMES], self._next_state("decoder", out)
+        """-> (uint8 frames [4n, H, W, 3], the state for the next chunk); in slices as encode."""
+        return self._sliced(self.contract.decoder, LATENTS, 2, self.contract.decoder_latents_per_call,
+                            FRAMES, 0, latents, state, "decoder")
+
+    def _sliced(self, graph: Graph, takes: str, axis_in: int, per_call: int, gives: str, axis_out: int,
+                value, state: dict, which: str) -> tuple[Any, dict]:
+        """The ReAE is causal with its boundary state: a chunk run as consecutive slices, each handing
+        its state to the next, is the chunk run whole (up to the kernels' choice of algorithm per
+        size). Slices bound the activations: the ReAE's memory grows with the frames per call."""
+        total = self.runner.shape(value)[axis_in]
+        if total <= per_call:
+            out = self.runner.run(graph, {takes: value, **state})
+            return out[gives], self._next_state(which, out)
+        pieces = []
+        for start in range(0, total, per_call):
+            part = self.runner.slice(value, axis_in, start, min(start + per_call, total))
+            out = self.runner.run(graph, {takes: part, **state})
+            pieces.append(out[gives])
+            state = self._next_state(which, out)
+        return self.runner.concat(pieces, axis_out), state
 
     def _next_state(self, which: str, outputs: dict) -> dict:
         return {s.input: outputs[s.output] for s in self.contract.state[which]}
@@ -92,6 +114,12 @@ class HostArrays:
 
     def shape(self, value) -> tuple:
         return value.shape
+
+    def slice(self, value, axis: int, start: int, stop: int) -> np.ndarray:
+        return value[(slice(None),) * axis + (slice(start, stop),)]
+
+    def concat(self, values: list, axis: int) -> np.ndarray:
+        return np.concatenate(values, axis=axis)
 
 
 class NumpyChunkOps:

@@ -13,7 +13,7 @@ Standard library only: the runtime imports it without torch, onnx or numpy.
     contract = contract_from_manifest(bundle.manifest, "360p.plan")
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 FORMAT, VERSION = "swiftvr-export", 1
@@ -142,6 +142,17 @@ class Contract:
         """Encoder, the DiT parts of every chain (ascending F), decoder: the order of a bundle's engines."""
         return [self.encoder, *(part for _, parts in self.chains() for part in parts), self.decoder]
 
+    @property
+    def encoder_frames_per_call(self) -> int:
+        """The most frames the encoder takes in one call (its `frames` dim's max): a chunk with more is
+        encoded in slices of this many, the state carried from slice to slice as from chunk to chunk."""
+        return dim_max(self.encoder, FRAMES, 0)
+
+    @property
+    def decoder_latents_per_call(self) -> int:
+        """The most latent frames the decoder takes in one call: a chunk's are decoded in slices of this many."""
+        return dim_max(self.decoder, LATENTS, 2)
+
     def chain(self, frames: int) -> tuple[Graph, ...]:
         """The DiT parts to run, in order, for latents of `frames` frames: feed `latents` and every
         part's outputs to the next part; the last one gives `restored`."""
@@ -164,6 +175,24 @@ class Contract:
                 lines.append(f"  {'dit F=' + frames_key(*r) if k == 0 else '':<9} {part.describe()}")
         lines.append(f"  decoder   {self.decoder.describe()}")
         return lines
+
+
+def dim_max(graph: Graph, tensor: str, axis: int) -> int:
+    """The largest size of one dim of a graph's tensor: the int of a static dim, or the "max" of its
+    range in the graph's `dynamic` (a TensorRT engine's profile takes nothing larger)."""
+    dim = graph.tensor(tensor).shape[axis]
+    return dim if isinstance(dim, int) else int(graph.dynamic[dim]["max"])
+
+
+def with_dim_max(graph: Graph, tensor: str, axis: int, most: int) -> Graph:
+    """The graph with one dynamic dim's range capped at `most` ("opt" too): what a TensorRT profile is
+    then built for, and what contract.chain slices calls to. Unchanged where the range is smaller."""
+    dim = graph.tensor(tensor).shape[axis]
+    if isinstance(dim, int) or graph.dynamic[dim]["max"] <= most:
+        return graph
+    r = graph.dynamic[dim]
+    capped = {**r, "max": most, "opt": min(r["opt"], most), "min": min(r["min"], most)}
+    return replace(graph, dynamic={**graph.dynamic, dim: capped})
 
 
 # ---- building one ------------------------------------------------------------------------------
@@ -221,6 +250,10 @@ def check(contract: Contract, latent_frames, where: str) -> None:
                 if isinstance(dim, str) and dim not in graph.dynamic:
                     raise ContractError(f"{where}: {graph.file}: input {t.name} has dynamic dim {dim!r} with no "
                                         f"range in 'dynamic' ({sorted(graph.dynamic)})")
+    if contract.encoder_frames_per_call % 4 or contract.decoder_latents_per_call < 1:
+        raise ContractError(f"{where}: the encoder must take a multiple of 4 frames per call and the decoder at "
+                            f"least 1 latent frame (they take up to {contract.encoder_frames_per_call} and "
+                            f"{contract.decoder_latents_per_call})")
     missing = sorted(set(latent_frames) - set(contract.dit))
     if missing:
         raise ContractError(f"{where}: the chunk protocol calls the DiT with {sorted(latent_frames)} latent frames "

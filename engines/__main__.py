@@ -1,4 +1,4 @@
-"""python -m engines --export DIR --gpu NAME [--precision P] [--out FILE] [--cache DIR] [--force]
+"""python -m engines --export DIR --gpu NAME [--precision P] [--reae-slice N] [--out FILE] [--cache DIR] [--force]
 
 Builds one bundle (engines/<res>.plan by default, res from the export's output height) for one GPU
 profile. Engines come from the build cache when their graph and settings are unchanged.
@@ -25,9 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild every engine, ignoring the cache")
     p.add_argument("--opt-level", type=int, default=3, choices=range(6),
                    help="TensorRT builder optimization level (default %(default)s)")
+    p.add_argument("--reae-slice", type=int, metavar="LATENTS",
+                   help="run the ReAE on a chunk in slices of this many latent frames (4 input frames each): its "
+                        "activations are then a slice's, not a whole chunk's (default: whole chunks)")
     a = p.parse_args(argv)
     try:
-        make_bundle(a.export, a.gpu, a.precision, a.out, a.cache, a.force, a.opt_level)
+        make_bundle(a.export, a.gpu, a.precision, a.out, a.cache, a.force, a.opt_level, a.reae_slice)
     except (BuildError, BundleError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

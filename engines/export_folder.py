@@ -4,13 +4,13 @@ Everything the engine stage needs comes from export.json; the ONNX files are ope
 their external data and count their Attention nodes (without loading any weights).
 """
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
 from contract.files import sha256_file
-from contract.graphs import Contract, Graph, read_export_json
+from contract.graphs import FRAMES, LATENTS, Contract, Graph, read_export_json, with_dim_max
 
 # Bytes per element of the ONNX initializer types a SwiftVR export can hold.
 _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -80,6 +80,23 @@ def read_export(path) -> ExportFolder:
             raise ValueError(f"{path / 'export.json'} has no {key!r}")
     graphs = [_graph_spec(path, graph) for graph in contract.graphs()]
     return ExportFolder(path, meta, contract, graphs)
+
+
+def with_reae_slice(export: ExportFolder, latents: int) -> ExportFolder:
+    """The export with its encoder built for at most 4 * `latents` frames per call and its decoder for
+    at most `latents` latent frames: the runtime then runs a chunk's ReAE in slices of that many
+    (contract/chain.py), so its activations are those of a slice, not of a whole chunk."""
+    if latents < 1:
+        raise ValueError(f"--reae-slice must be at least 1 latent frame (4 input frames), got {latents}")
+    graphs = []
+    for spec in export.graphs:
+        graph = spec.graph
+        if graph.role == "encoder":
+            graph = with_dim_max(graph, FRAMES, 0, 4 * latents)
+        elif graph.role == "decoder":
+            graph = with_dim_max(graph, LATENTS, 2, latents)
+        graphs.append(replace(spec, graph=graph))
+    return replace(export, graphs=graphs)
 
 
 def _graph_spec(folder: Path, graph: Graph) -> GraphSpec:

@@ -179,6 +179,16 @@ def check_onnx_members(bundle) -> list[str]:
     return lines
 
 
+def reae_calls_line(plan, chunk: dict) -> str:
+    """How the runtime calls the ReAE: whole chunks, or slices (engines.make --reae-slice)."""
+    frames, latents = plan.encoder_frames_per_call, plan.decoder_latents_per_call
+    longest = max(chunk.get("encoder_frames") or [frames])
+    if frames >= longest and latents >= longest // 4:
+        return f"reae      whole chunks per call (up to {longest} frames / {longest // 4} latent frames)"
+    return (f"reae      in slices: encoder up to {frames} frames, decoder up to {latents} latent frame(s) per call "
+            f"(a chunk has up to {longest} frames / {longest // 4} latent frames; state carried slice to slice)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.inspect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,6 +215,7 @@ def main(argv=None) -> int:
             print_quantization(bundle.manifest)
         print("execution plan (per chunk: encoder, the DiT chain for its latent-frame count F, decoder)")
         print("\n".join(plan.describe()))
+        print(reae_calls_line(plan, bundle.manifest.get("chunk") or {}))
         print("\n".join(memory_plan_lines(bundle.manifest)))
         flavour = bundle.manifest["target"]["flavour"]
         lines = check_onnx_members(bundle) if flavour == "onnx" else check_tensorrt_engines(bundle)

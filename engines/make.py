@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--dit-shapes", choices=["dynamic", "static"], default="dynamic",
                    help="dynamic (default): one DiT engine set for every latent-frame count, the weights once; "
                         "static: one shape-specialised set per count (the weights once per count)")
+    p.add_argument("--reae-slice", type=int, metavar="LATENTS", help="latent frames per ReAE call (python -m engines "
+                   "--help); default: whole chunks")
     p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
     p.add_argument("--exports", default=str(EXPORTS), help="where exports are kept (default %(default)s)")
     p.add_argument("--cache", help="engine build cache (default engines/.cache)")
@@ -190,6 +192,7 @@ def main(argv=None) -> int:
     from .__main__ import main as engines_main
     engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]
     engines_argv += ["--out", args.out] if args.out else []
+    engines_argv += ["--reae-slice", str(args.reae_slice)] if args.reae_slice else []
     engines_argv += ["--force"] if args.force else []
     engines_argv += ["--cache", args.cache] if args.cache else []
     return engines_main(engines_argv)

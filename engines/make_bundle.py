@@ -29,7 +29,8 @@ from engines.build import build_engines
 from contract.bundle import write_bundle
 from engines.cache import DEFAULT_CACHE_DIR
 from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
-                                   load_graph_proto, read_export, sha256_file, weight_bytes)
+                                   load_graph_proto, read_export, sha256_file, weight_bytes,
+                                   with_reae_slice)
 from engines.flavours import MODULES
 from engines.memory import engine_memory, fit_problem, graph_memory, plan_total
 from engines.profiles import GpuProfile, check_precision, check_quantization, get_profile
@@ -106,13 +107,17 @@ def _onnx_network_summary(spec) -> dict:
 
 
 def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, cache_dir=DEFAULT_CACHE_DIR,
-                force: bool = False, optimization_level: int = 3) -> tuple[Path, dict, list]:
+                force: bool = False, optimization_level: int = 3, reae_slice: int | None = None
+                ) -> tuple[Path, dict, list]:
     """Build (or take from the cache) every engine of the export for `gpu`; write the bundle.
+    reae_slice: latent frames per ReAE call (None: a whole chunk per call); see with_reae_slice.
 
     Returns (bundle path, manifest as written, EngineResult list; empty for cpu).
     """
     profile = get_profile(gpu)
     export = read_export(export_dir)
+    if reae_slice is not None:
+        export = with_reae_slice(export, reae_slice)
     precision = check_export_precision(export, precision, profile)
     quantization = quantization_record(export, profile)
     out = Path(out) if out else default_out(export)

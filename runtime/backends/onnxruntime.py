@@ -3,8 +3,8 @@
 CPU by default; CUDA where onnxruntime-gpu is installed (`--device cuda`, or automatically when its
 CUDAExecutionProvider is there). The stages are contract/chain.py's GraphChain over BoundSessions:
 values between stages are OrtValues bound with IOBinding, so the boundary states stay where the
-graphs run. The small latent array ops (prefix, history) go through numpy: free on the CPU
-(OrtValue and numpy share memory there), a small copy on CUDA.
+graphs run. The array ops (latent prefix and history; slices of a sliced ReAE) go through numpy:
+free on the CPU (OrtValue and numpy share memory there), a copy through the host on CUDA.
 
 One InferenceSession per graph, shared by every Session: ORT's run() may be called from several
 threads at once. Per-stream state (boundary states, history) lives in the Session.
@@ -91,6 +91,14 @@ class BoundSessions:
     def shape(self, value) -> tuple:
         return tuple(value.shape())
 
+    # Array ops through numpy: free on the CPU (an OrtValue there is a numpy array's memory), a copy
+    # through the host on CUDA (onnxruntime-gpu: small latents; frames only when the ReAE is sliced).
+    def slice(self, value, axis: int, start: int, stop: int):
+        return self.value(value.numpy()[(slice(None),) * axis + (slice(start, stop),)])
+
+    def concat(self, values: list, axis: int):
+        return self.value(np.concatenate([v.numpy() for v in values], axis=axis))
+
 
 class OnnxKernels:
     def __init__(self, model: OnnxModel):
@@ -114,11 +122,11 @@ class OnnxKernels:
         return host
 
     def concat(self, a, b):
-        return self.graphs.value(np.concatenate([a.numpy(), b.numpy()], axis=2))
+        return self.graphs.concat([a, b], 2)
 
     def take_last(self, x, n: int):
-        shape = x.shape()
-        return x if n >= shape[2] else self.graphs.value(x.numpy()[:, :, -n:])
+        f = x.shape()[2]
+        return x if n >= f else self.graphs.slice(x, 2, f - n, f)
 
     def zeros(self, like, n: int):
         shape = list(like.shape())

@@ -182,24 +182,12 @@ class TensorRTKernels:
         self.pinned.release(host)
         return owned
 
-    # Latents are [1, C, F, h, w]: per channel, the F frames are one contiguous row of F*h*w values.
     def concat(self, a: DeviceArray, b: DeviceArray) -> DeviceArray:
-        _, c, fa, h, w = a.shape
-        fb = b.shape[2]
-        frame = h * w * (a.nbytes // (c * fa * h * w))
-        out = DeviceArray(self.cuda, (1, c, fa + fb, h, w), a.dtype)
-        copy_rows(self.cuda, out, 0, (fa + fb) * frame, a, 0, fa * frame, fa * frame, c)
-        copy_rows(self.cuda, out, fa * frame, (fa + fb) * frame, b, 0, fb * frame, fb * frame, c)
-        return out
+        return self.graphs.concat([a, b], 2)
 
     def take_last(self, x: DeviceArray, n: int) -> DeviceArray:
-        _, c, f, h, w = x.shape
-        if n >= f:
-            return x
-        frame = x.nbytes // (c * f)
-        out = DeviceArray(self.cuda, (1, c, n, h, w), x.dtype)
-        copy_rows(self.cuda, out, 0, n * frame, x, (f - n) * frame, f * frame, n * frame, c)
-        return out
+        f = x.shape[2]
+        return x if n >= f else self.graphs.slice(x, 2, f - n, f)
 
     def zeros(self, like: DeviceArray, n: int) -> DeviceArray:
         _, c, _, h, w = like.shape
@@ -246,6 +234,35 @@ class EngineRunner:
 
     def shape(self, value: DeviceArray) -> tuple:
         return value.shape
+
+    # A dense array seen around `axis`: `outer` rows (the dims before it), each holding the axis's
+    # entries of `inner` bytes (the dims after it). Slicing or joining along the axis copies a block
+    # of every row: one 2D copy per array (latents [1, C, F, h, w] along F: C rows; frames along T: 1 row).
+    @staticmethod
+    def _rows(array: DeviceArray, axis: int) -> tuple[int, int]:
+        outer = int(np.prod(array.shape[:axis], dtype=np.int64))
+        inner = array.nbytes // (outer * array.shape[axis]) if array.nbytes else 0
+        return outer, inner
+
+    def slice(self, value: DeviceArray, axis: int, start: int, stop: int) -> DeviceArray:
+        outer, inner = self._rows(value, axis)
+        shape = (*value.shape[:axis], stop - start, *value.shape[axis + 1:])
+        out = DeviceArray(self.cuda, shape, value.dtype)
+        width = (stop - start) * inner
+        copy_rows(self.cuda, out, 0, width, value, start * inner, value.shape[axis] * inner, width, outer)
+        return out
+
+    def concat(self, values: list, axis: int) -> DeviceArray:
+        total = sum(v.shape[axis] for v in values)
+        first = values[0]
+        out = DeviceArray(self.cuda, (*first.shape[:axis], total, *first.shape[axis + 1:]), first.dtype)
+        outer, inner = self._rows(first, axis)
+        offset = 0
+        for v in values:
+            width = v.shape[axis] * inner
+            copy_rows(self.cuda, out, offset, total * inner, v, 0, width, width, outer)
+            offset += width
+        return out
 
 
 def numpy_name(trt, dtype) -> str:
