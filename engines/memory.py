@@ -1,9 +1,13 @@
 """What a bundle needs on the GPU: engines (their weights), activations, I/O buffers; and whether it fits.
 
 The runtime (runtime/backends/tensorrt.py) deserializes every engine at start and gives each one
-its own execution context, and a context holds its activation memory for as long as it lives. So
-the GPU total is the sum over engines of (engine size + activation memory + I/O buffers at the
-profile's largest shapes), not a maximum.
+its own execution context. The contexts' activation memory is the runtime's own, laid out by
+contract/context_memory.py (the plan here calls the same function): engines that never run at the
+same time share one buffer, the size of the largest need among them. With the stages overlapping
+(overlap on) that is one buffer per lane (encoder, all DiT parts, decoder); with overlap off, one
+buffer for every engine. So the GPU total is the engines' sizes (less the DiT weights streamed
+from host memory, where a bundle streams them) + the context buffers + the engines' I/O buffers at
+the profile's largest shapes.
 
 Activation memory is what TensorRT reports for the engine where the builder could deserialize it
 (a GPU of the target kind); otherwise it is estimated from the ONNX graph: walk the nodes in
@@ -17,6 +21,7 @@ import re
 
 import onnx
 
+from contract.context_memory import context_buffers
 from engines.export_folder import load_graph_proto
 
 DIM_SYMBOL_KEY = "swiftvr.dim_symbol"   # written by export/exporter.py: {"s65": "F"}
@@ -30,7 +35,12 @@ _EXPRESSION = re.compile(r"^[\w\s*+\-/()]+$")
 _FUNCTIONS = {"Max": max, "Min": min, "floor": math.floor, "ceiling": math.ceil, "FloorDiv": lambda a, b: a // b,
               "CeilToInt": math.ceil, "FloorToInt": math.floor}
 
-GIB = 2**30
+GIB, MIB = 2**30, 2**20
+
+
+def size_text(nbytes: int) -> str:
+    """"10.72 GiB", or "84.9 MiB" below a tenth of a GiB (tiny bundles)."""
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB / 10 else f"{nbytes / MIB:.1f} MiB"
 
 
 def _dim_values(model: onnx.ModelProto, role: str, dynamic: dict) -> dict:
@@ -126,22 +136,89 @@ def plan_total(entries: list[dict]) -> dict:
             "total_bytes": engines + activations + io, "activation_estimated": estimated}
 
 
-def fit_problem(total: dict, profile) -> str | None:
-    """None when the plan fits the profile's memory budget; else what does not fit and what to change."""
-    if profile.memory_budget_gb is None:
-        return None
-    need, budget = total["total_bytes"] / GIB, profile.memory_budget_gb
-    if need <= budget:
-        return None
-    return (f"the bundle needs {need:.1f} GiB on the GPU (engines {total['engines_bytes'] / GIB:.1f} + activations "
-            f"{total['activation_bytes'] / GIB:.1f}{' (estimated)' if total['activation_estimated'] else ''} + I/O "
-            f"{total['io_bytes'] / GIB:.1f}) but {_card(profile)} has a budget of "
-            f"{budget} GiB: export with --dit-shapes dynamic (one DiT weight copy), a smaller --res or "
-            f"--clip-len, or a lower precision, or target a GPU with more memory")
+def activation_need(memory: dict) -> int:
+    """The activation memory an engine's context needs: TensorRT's figure, else the ONNX estimate; plus
+    the weight-streaming scratch (its estimate) where the engine streams weights."""
+    activation = memory["activation_bytes"] if memory.get("activation_bytes") is not None \
+        else memory["activation_estimate_bytes"]
+    scratch = (memory.get("streaming_scratch_bytes") or 0) if streams(memory) else 0
+    return activation + scratch
 
 
-def _card(profile) -> str:
+def streams(memory: dict) -> bool:
+    return memory.get("weight_streaming_budget_bytes") is not None
+
+
+def streamed_bytes(memory: dict) -> int:
+    """DiT weight bytes that stay in host memory and cross PCIe at every call of the engine."""
+    return max(0, memory["streamable_bytes"] - memory["weight_streaming_budget_bytes"]) if streams(memory) else 0
+
+
+def gpu_plan(engines: list[dict], overlap: bool) -> dict:
+    """The GPU total of a TensorRT bundle: `engines` are manifest engine entries (name, role,
+    latent_frames, memory), overlap whether the runtime runs the stages on their own streams."""
+    memories = [e["memory"] for e in engines]
+    total = plan_total(memories)
+    buffers = context_buffers([(e["name"], e["role"], activation_need(e["memory"])) for e in engines], overlap)
+    streamed = {e["name"]: streamed_bytes(e["memory"]) for e in engines if streams(e["memory"])}
+    chains: dict[str, int] = {}     # streamed bytes per chunk: one call of each part of one DiT chain
+    for e in engines:
+        if e["name"] in streamed:
+            key = json.dumps(e.get("latent_frames"))
+            chains[key] = chains.get(key, 0) + streamed[e["name"]]
+    engines_bytes = total["engines_bytes"] - sum(streamed.values())
+    activations = sum(b.nbytes for b in buffers)
+    return {**total, "engines_bytes": engines_bytes, "activation_bytes": activations,
+            "total_bytes": engines_bytes + activations + total["io_bytes"], "overlap": overlap,
+            "contexts": [b.to_json() for b in buffers], "streamed_bytes": streamed,
+            "streamed_bytes_per_chunk": max(chains.values(), default=0)}
+
+
+def fit_problem(total: dict, profile, budget_gb: float | None = None) -> str | None:
+    """None when the plan fits the memory budget (the profile's, or `budget_gb`); else the numbers."""
+    budget = budget_gb if budget_gb is not None else profile.memory_budget_gb
+    if budget is None:
+        return None
+    if total["total_bytes"] <= budget * GIB:
+        return None
+    return (f"the bundle needs {size_text(total['total_bytes'])} on the GPU (engines {size_text(total['engines_bytes'])} + "
+            f"activations {size_text(total['activation_bytes'])}{' (estimated)' if total['activation_estimated'] else ''}"
+            f" + I/O {size_text(total['io_bytes'])}) but {card(profile, total.get('card_gb'))} has a budget of "
+            f"{budget_text(budget)}")
+
+
+def budget_text(budget_gb: float) -> str:
+    return f"{budget_gb:g} GiB" if budget_gb >= 0.1 else size_text(int(budget_gb * GIB))
+
+
+def card(profile, card_gb: float | None = None) -> str:
+    """"rtx4070 (12 GB)"; with --vram, the memory planned for."""
+    if card_gb is not None and card_gb != profile.memory_gb:
+        return f"{profile.name} planned for {card_gb:g} GB"
     return f"{profile.name} ({profile.memory_gb} GB)" if profile.memory_gb else profile.name
+
+
+def streaming_seconds(nbytes: int, profile) -> float | None:
+    """The time `nbytes` take over the profile's host link at its full rate (an estimate: a lower bound)."""
+    return nbytes / (profile.pcie_gb_s * 1e9) if profile is not None and profile.pcie_gb_s else None
+
+
+def measure_lines(total: dict, profile) -> list[str]:
+    """What a GPU plan does to fit: how the contexts share buffers, the DiT weights streamed and their cost."""
+    overlap = total["overlap"]
+    buffers = " | ".join(f"{', '.join(b['engines'])} {size_text(b['bytes'])}" for b in total["contexts"])
+    how = ("overlap on: one per lane, the DiT parts share one" if overlap else
+           "overlap off: one for every engine, the stages one after another, 1 chunk in flight")
+    lines = [f"          context buffers ({how}): {buffers}"]
+    if total["streamed_bytes"]:
+        per_chunk = total["streamed_bytes_per_chunk"]
+        seconds = streaming_seconds(per_chunk, profile)
+        cost = (f", at least {seconds * 1e3:.0f} ms per chunk over PCIe at {profile.pcie_gb_s} GB/s (estimate: the "
+                f"bytes over the link's rate)") if seconds else ""
+        lines.append("          weight streaming: " + ", ".join(f"{name} streams {size_text(n)} per call"
+                                                             for name, n in total["streamed_bytes"].items())
+                     + f"; {size_text(per_chunk)} per chunk{cost}")
+    return lines
 
 
 def describe_plan(total: dict, profile) -> list[str]:
@@ -153,7 +230,11 @@ def describe_plan(total: dict, profile) -> list[str]:
              f"{'in host memory' if host else 'on the GPU'}"]
     if host:
         return lines
-    problem = fit_problem(total, profile)
-    lines.append(f"          {_card(profile)}: budget {profile.memory_budget_gb} GiB: "
-                 + (f"WARNING: does not fit: {problem}" if problem else "fits"))
+    if "contexts" in total:
+        lines += measure_lines(total, profile)
+    budget = total.get("budget_gb") or profile.memory_budget_gb
+    problem = fit_problem(total, profile, budget)
+    lines.append(f"          {card(profile, total.get('card_gb'))}: budget {budget_text(budget)}: "
+                 + (f"WARNING: does not fit: {problem}" if problem else
+                    f"fits ({size_text(total['total_bytes'])} of {budget_text(budget)})"))
     return lines

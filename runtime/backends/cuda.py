@@ -264,6 +264,26 @@ class DeviceArray:
             pass
 
 
+class DeviceBuffer:
+    """Device memory outside the stream-ordered pool, for the life of a Session (cudaMalloc: aligned
+    to 256 bytes at least, as TensorRT wants its context memory). free() once no work can use it."""
+
+    def __init__(self, cuda: Cuda, nbytes: int):
+        self.cuda, self.nbytes = cuda, nbytes
+        self.ptr = cuda.call(cuda.rt.cudaMalloc, max(nbytes, 1))
+
+    def free(self) -> None:
+        if self.ptr is not None:
+            ptr, self.ptr = self.ptr, None
+            self.cuda.call(self.cuda.rt.cudaFree, ptr)
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:        # interpreter shutdown
+            pass
+
+
 class PinnedPool:
     """Page-locked host buffers, reused once the copy that last used them has completed. close()
     frees them all (those handed out too): call it once no copy can still use them."""

@@ -7,30 +7,38 @@ Loading checks, in this order, so that each failure says what to do:
   4. `Runtime.get_engine_validity` accepts every engine (TensorRT version, compute capability,
      driver, memory), before anything is deserialized.
 
-Shared by all Sessions: the Runtime, the deserialized engines (read-only) and, for TensorRT-RTX,
-the runtime cache of the kernels it compiles on this GPU (rtxcache.py: loaded with the bundle,
-saved as Sessions close). Per Session (in TensorRTKernels): one execution context per engine, CUDA
-streams per stage, the boundary states and latent history as device arrays. The stages are
+Shared by all Sessions: the Runtime, the deserialized engines (read-only; DiT engines with the
+weight-streaming budget the bundle's memory plan set, before any context exists) and, for
+TensorRT-RTX, the runtime cache of the kernels it compiles on this GPU (rtxcache.py: loaded with the
+bundle, saved as Sessions close). Per Session (in TensorRTKernels): one execution context per engine
+with user-managed activation memory, laid out by contract/context_memory.py as the memory plan
+counts it (engines that never run at once share a buffer: the DiT parts always, every engine when
+the stages do not overlap), CUDA streams per stage, the boundary states and latent history as
+device arrays. The stages are
 contract/chain.py's GraphChain over EngineRunner (one engine run on the current stream); engine I/O
 dtypes are checked against the manifest on load. Everything runs with the bundle's GPU as the
 current device, from whatever thread (cuda.py). Each stage runs on its own stream and waits for its
 inputs with events (runtime/lanes.py), so encode of chunk k+1, DiT of chunk k and decode of chunk
 k-1 overlap on the GPU; frames go up from and come back to pinned host buffers.
 """
+import logging
+
 import numpy as np
 
 from engines import flavours
 from engines.flavours import MODULES
 
 from contract.chain import GraphChain
+from contract.context_memory import context_buffers
 
-from ..backend import LoadedModel
-from .cuda import Cuda, DeviceArray, Event, PinnedPool, copy_rows
+from ..backend import LoadedModel, Runner
+from .cuda import Cuda, DeviceArray, DeviceBuffer, Event, PinnedPool, copy_rows
 from .rtxcache import RuntimeCache, cache_path
 from ..errors import MissingPackageError, RuntimeSetupError
 from ..lanes import StageStats, cuda_lanes
 from ..spec import plan_from_meta, spec_from_meta
 
+log = logging.getLogger(__name__)
 INSTALL = {"tensorrt-rtx": "pip install tensorrt-rtx",
            "tensorrt": 'pip install "tensorrt>=10.14"   (from NVIDIA\'s index, https://pypi.nvidia.com)'}
 
@@ -73,6 +81,7 @@ class TensorRTModel(LoadedModel):
                                     f"{gpu}. Build a bundle for it: python -m engines --export DIR --gpu NAME "
                                     f"(see engines/profiles.py; Hopper needs full TensorRT, or use --backend torch)")
         self.spec = spec_from_meta(manifest, str(bundle.path), "tensorrt", f"{gpu}, bundle for {target['gpu']}")
+        self.manifest_plan = manifest.get("memory_plan")
         with self.cuda.current():
             self._load_engines(bundle, trt, built_with, gpu)
         self.plan = execution_plan(manifest, str(bundle.path))
@@ -102,22 +111,30 @@ class TensorRTModel(LoadedModel):
             if engine is None:
                 raise RuntimeSetupError(f"{bundle.path}: TensorRT could not deserialize {entry['member']} (see the "
                                         f"TensorRT messages above)")
+            set_weight_streaming(engine, entry, str(bundle.path))
             self.engines[entry["name"]] = engine
-        # Full TensorRT builds its kernels ahead of time: no runtime cache, contexts made plainly.
+        # What each context needs, read once the streaming budgets are set (they add scratch to it).
+        self.activation_needs = {name: int(e.device_memory_size_v2) for name, e in self.engines.items()}
+        # Contexts get their activation memory from the Session (TensorRTKernels): user-managed. Full
+        # TensorRT builds its kernels ahead of time: no runtime cache, the strategy given at creation.
+        user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         self.runtime_cache, self.runtime_configs = None, {}
         if flavour == "tensorrt-rtx":
             first = next(iter(self.engines.values()))
             self.runtime_cache = RuntimeCache(trt, first, cache_path(manifest, self.cuda.name, trt.__version__))
             self.runtime_configs = {name: self.runtime_cache.config(e) for name, e in self.engines.items()}
+            for config in self.runtime_configs.values():
+                config.set_execution_context_allocation_strategy(user_managed)
 
     def execution_context(self, name: str):
-        """A new execution context of engine `name` (with the runtime cache for TensorRT-RTX), on this GPU."""
+        """A new execution context of engine `name` (with the runtime cache for TensorRT-RTX), on this GPU,
+        without activation memory: TensorRTKernels hands it a buffer (set_device_memory)."""
         engine = self.engines[name]
         with self.cuda.current():
             if name in self.runtime_configs:
                 context = engine.create_execution_context(self.runtime_configs[name])
             else:
-                context = engine.create_execution_context()
+                context = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if context is None:
             raise RuntimeSetupError(f"TensorRT could not create an execution context for {name} "
                                     f"(out of GPU memory?)")
@@ -130,8 +147,28 @@ class TensorRTModel(LoadedModel):
     def close(self) -> None:
         self.save_runtime_cache()
 
-    def kernels(self):
-        return TensorRTKernels(self)
+    def context_buffers(self, overlap: bool) -> list:
+        """The activation buffers a Session allocates: contract.context_memory's layout of what each
+        engine needs here, as the bundle's memory plan laid out its figures."""
+        return context_buffers([(g.name, g.role, self.activation_needs[g.name]) for g in self.plan.graphs()], overlap)
+
+    @property
+    def planned_overlap(self) -> bool:
+        """Whether the bundle's memory plan lets the stages overlap (engines/fit.py: false when only one
+        context buffer for every engine fits the GPU)."""
+        return (self.manifest_plan or {}).get("overlap", True)
+
+    @property
+    def default_in_flight(self) -> int:
+        """3 chunks on their own streams; 1 where the memory plan has one context buffer for every
+        engine (the stages then run one after another on one stream)."""
+        return 3 if self.planned_overlap else 1
+
+    def kernels(self, overlap: bool = True):
+        return TensorRTKernels(self, overlap)
+
+    def new_runner(self, overlap: bool, stats: StageStats) -> Runner:
+        return Runner(self.kernels(overlap), self.lanes(overlap, stats))
 
     def lanes(self, overlap: bool, stats: StageStats) -> dict:
         return cuda_lanes(self.cuda, overlap, stats)
@@ -146,10 +183,22 @@ class TensorRTModel(LoadedModel):
 
 
 class TensorRTKernels:
-    def __init__(self, model: TensorRTModel):
+    def __init__(self, model: TensorRTModel, overlap: bool = True):
+        """overlap: whether this Session's stages run on their own streams (engines on different lanes
+        then get buffers of their own)."""
         self.m, self.cuda = model, model.cuda
         self.plan = model.plan
         self.contexts = {graph.name: model.execution_context(graph.name) for graph in self.plan.graphs()}
+        self.context_memory = []
+        if overlap and not model.planned_overlap:
+            log.warning("this bundle's memory plan has one context buffer for every engine (overlap off, 1 chunk in "
+                        "flight); overlapping the stages gives each lane its own and needs more GPU memory than planned")
+        for buffer in model.context_buffers(overlap):
+            memory = DeviceBuffer(self.cuda, buffer.nbytes)
+            self.context_memory.append(memory)
+            for name in buffer.engines:
+                with self.cuda.current():
+                    self.contexts[name].set_device_memory(memory.ptr, buffer.nbytes)
         self.pinned = PinnedPool(self.cuda)
         self.graphs = EngineRunner(model, self.contexts)
         # The stages are the contract's graph chain (contract/chain.py) over the contexts.
@@ -198,6 +247,8 @@ class TensorRTKernels:
         have finished their work), and saves the kernels compiled meanwhile (TensorRT-RTX)."""
         self.pinned.close()
         self.cuda.collect()
+        for memory in self.context_memory:      # the lanes have finished: no context runs any more
+            memory.free()
         self.m.save_runtime_cache()
 
 
@@ -263,6 +314,22 @@ class EngineRunner:
             copy_rows(self.cuda, out, offset, total * inner, v, 0, width, width, outer)
             offset += width
         return out
+
+
+def set_weight_streaming(engine, entry: dict, source: str) -> None:
+    """Keep the weight bytes the bundle's memory plan gave a streaming engine on the GPU
+    (weight_streaming_budget_v2: the rest streams from host memory at every call). Only before any
+    execution context of the engine exists."""
+    budget = (entry.get("memory") or {}).get("weight_streaming_budget_bytes")
+    if budget is None:
+        return
+    if not engine.streamable_weights_size:
+        raise RuntimeSetupError(f"{source}: engine {entry['name']} has a weight-streaming budget but no streamable "
+                                f"weights (built without BuilderFlag.WEIGHT_STREAMING): rebuild it with python -m engines")
+    engine.weight_streaming_budget_v2 = int(budget)
+    if engine.weight_streaming_budget_v2 != int(budget):
+        raise RuntimeSetupError(f"{source}: TensorRT refused the weight-streaming budget of {int(budget)} bytes for "
+                                f"engine {entry['name']} (see the TensorRT messages above)")
 
 
 def numpy_name(trt, dtype) -> str:

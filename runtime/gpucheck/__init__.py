@@ -12,10 +12,11 @@ rewritten after each check so a run cut short keeps what it found):
                        thread leaving its current device as it was (and, with 2+ GPUs, memory of a
                        device-1 Session landing on device 1)
   tensorrt_session     a whole TensorRT Session (bundle loading, execution contexts, runtime configs
-                       and cache, device arrays, row copies, uploads, downloads, states, events across
-                       stage streams) with standin.py's engines (the torch backend's stage functions
-                       on the contexts' device pointers): frames equal to the torch backend's, overlap
-                       on and off, two Sessions in two threads; the runtime cache written as Sessions
+                       and cache, user-managed context memory, device arrays, row copies, uploads,
+                       downloads, states, events across stage streams) with standin.py's engines (the
+                       torch backend's stage functions on the contexts' device pointers): frames equal
+                       to the torch backend's, overlap on and off, two Sessions in two threads; every
+                       context buffer used on one stream only; the runtime cache written as Sessions
                        close and loaded by the next load; a full-TensorRT bundle without one
   memory_flat          a stand-in TensorRT Session over --chunks chunks: device memory in use and the
                        allocations waiting to be freed stop growing after the first chunks
@@ -234,6 +235,9 @@ def tensorrt_session(run: Run) -> dict:
     for t in threads:
         t.join()
     result["two_threads"] = [differ(o, expected) if o is not None else {"equal": False} for o in outs]
+    # A buffer shared by contexts is safe only while their calls never overlap: one stream per buffer.
+    result["context_buffers"] = {"buffers": len(trt.buffer_streams),
+                                 "each_on_one_stream": all(len(s) == 1 for s in trt.buffer_streams)}
     cache = model.runtime_cache
     result["runtime_cache"] = {"file": str(cache.path), "written": cache.path.is_file(),
                                "contexts_with_config": trt.configs_used, "contexts": trt.contexts_made}
@@ -245,7 +249,8 @@ def tensorrt_session(run: Run) -> dict:
     equal = [result["sequential"], result["overlap"], *result["two_threads"], result["full_tensorrt"]]
     ok = (all(r["equal"] for r in equal) and result["runtime_cache"]["written"]
           and result["runtime_cache"]["loaded_by_next_load"] and trt.configs_used == trt.contexts_made
-          and plain.runtime_cache is None and plain_trt.configs_used == 0)
+          and plain.runtime_cache is None and plain_trt.configs_used == 0
+          and result["context_buffers"]["each_on_one_stream"])
     return {"status": "pass" if ok else "fail", **result}
 
 

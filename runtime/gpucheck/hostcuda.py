@@ -48,6 +48,7 @@ class HostCudart:
         self.calls: list[tuple[str, int]] = []          # (call, the calling thread's current device)
         self.device_buffers, self.host_buffers = {}, {}  # ptr -> ctypes buffer, while allocated
         self.host_allocated: list[int] = []
+        self.malloced: list[tuple[int, int]] = []        # (ptr, bytes) of every cudaMalloc
         self.freed: list[int] = []
         self.events: dict[int, dict] = {}                # handle -> {"done", "stream", "time"}
         self.streams: dict[int, int] = {}                # handle -> device
@@ -186,6 +187,19 @@ class HostCudart:
 
     def cudaFreeAsync(self, ptr, stream):
         self._log("cudaFreeAsync")
+        assert ptr in self.device_buffers, "freed twice or never allocated"
+        del self.device_buffers[ptr]
+        self.freed.append(ptr)
+        return (SUCCESS,)
+
+    def cudaMalloc(self, nbytes):
+        self._log("cudaMalloc")
+        ptr = self._allocate(self.device_buffers, nbytes)
+        self.malloced.append((ptr, nbytes))
+        return SUCCESS, ptr
+
+    def cudaFree(self, ptr):
+        self._log("cudaFree")
         assert ptr in self.device_buffers, "freed twice or never allocated"
         del self.device_buffers[ptr]
         self.freed.append(ptr)

@@ -15,7 +15,10 @@ The stand-in's engines compute nothing on their own: each execution context read
 addresses it was given (a CUDA pointer through __cuda_array_interface__, or host memory under
 hostcuda.py), runs the torch stage on the stream it was enqueued on and writes its outputs at their
 addresses. Its runtime cache holds the shapes its contexts have run, as TensorRT-RTX's holds the
-kernels it compiled for them.
+kernels it compiled for them. Like TensorRT with user-managed context memory, a context refuses to
+run without activation memory of at least its engine's device_memory_size_v2 (activation_bytes
+below, written into the bundle's memory plan); it records on which streams each buffer was used, so
+a check can see that a shared buffer never serves two streams.
 """
 import ctypes
 import re
@@ -32,6 +35,14 @@ from contract.chunks import dit_latent_counts
 DTYPES = SimpleNamespace(FLOAT="float32", HALF="float16", BF16="bfloat16", UINT8="uint8", INT32="int32",
                          INT64="int64")
 TYPESTR = {"float32": "<f4", "float16": "<f2", "uint8": "|u1", "int32": "<i4", "int64": "<i8"}
+ALLOCATION = SimpleNamespace(STATIC="static", ON_PROFILE_CHANGE="on_profile_change", USER_MANAGED="user_managed")
+
+
+def activation_bytes(graph: c.Graph) -> int:
+    """The stand-in engine's activation need: twice its outputs at the profile's largest shapes (any
+    figure would do; it differs per engine, so a buffer sized by the wrong engine is caught)."""
+    sizes = {d: r["max"] for d, r in graph.dynamic.items()}
+    return 2 * sum(int(np.prod(_dims(t.shape, sizes))) * np.dtype(t.dtype).itemsize for t in graph.outputs)
 
 
 # ---- the bundle --------------------------------------------------------------------------------
@@ -68,8 +79,9 @@ def standin_contract(torch_model) -> c.Contract:
     return c.make_contract(encoder, {frames: [dit]}, decoder, counts, "the stand-in bundle")
 
 
-def write_standin_bundle(torch_model, trt, path, flavour: str = "tensorrt-rtx") -> Path:
-    """A bundle of `torch_model`'s graphs for the stand-in: each member holds its graph's name."""
+def write_standin_bundle(torch_model, trt, path, flavour: str = "tensorrt-rtx", edit=None) -> Path:
+    """A bundle of `torch_model`'s graphs for the stand-in: each member holds its graph's name.
+    edit(manifest), when given, changes the manifest before it is written (tests: a memory plan)."""
     contract, spec = standin_contract(torch_model), torch_model.spec
     manifest = {"target": {"gpu": "stand-in", "flavour": flavour, "compute_capabilities": []},
                 "builder": {"flavour": flavour, "version": trt.__version__}, "precision": spec.precision,
@@ -77,7 +89,11 @@ def write_standin_bundle(torch_model, trt, path, flavour: str = "tensorrt-rtx") 
                 "chunk": {"clip_len": spec.clip_len, "dit_overlap": spec.dit_overlap,
                           "dit_latent_frames": dit_latent_counts(spec.clip_len, spec.dit_overlap)},
                 "state": contract.to_json()[1],
-                "engines": [c.engine_entry(g, g.file) for g in contract.graphs()]}
+                "engines": [{**c.engine_entry(g, g.file), "memory": {
+                    "engine_bytes": len(g.name), "activation_bytes": activation_bytes(g),
+                    "activation_estimate_bytes": activation_bytes(g), "io_bytes": 0}} for g in contract.graphs()]}
+    if edit is not None:
+        edit(manifest)
     with tempfile.TemporaryDirectory() as folder:
         members = []
         for g in contract.graphs():
@@ -104,6 +120,7 @@ class StandInTensorRT:
     __version__ = "stand-in"
     DataType = DTYPES
     DynamicShapesKernelSpecializationStrategy = SimpleNamespace(LAZY="lazy", EAGER="eager", NONE="none")
+    ExecutionContextAllocationStrategy = ALLOCATION
     Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
 
     def __init__(self, torch_model):
@@ -111,6 +128,11 @@ class StandInTensorRT:
         self.device = torch_model.device
         self.contract = standin_contract(torch_model)
         self.contexts_made, self.configs_used = 0, 0
+        # The streams each context buffer was used on, one set per buffer. A freed buffer's address
+        # comes back in a later Session: a buffer already run on is a new one when set again (a
+        # Session sets all its contexts' memory before running any).
+        self.buffer_streams: list[set] = []
+        self.buffer_at: dict[int, set] = {}        # address -> its current buffer's streams
         trt = self
 
         class Runtime:
@@ -164,6 +186,7 @@ class RuntimeCache:
 class RuntimeConfig:
     def __init__(self):
         self.cache, self.dynamic_shapes_kernel_specialization_strategy = None, "lazy"
+        self.allocation = ALLOCATION.STATIC
 
     def create_runtime_cache(self):
         return RuntimeCache()
@@ -172,18 +195,28 @@ class RuntimeConfig:
         self.cache = cache
         return True
 
+    def set_execution_context_allocation_strategy(self, strategy) -> None:
+        self.allocation = strategy
+
 
 class Engine:
+    streamable_weights_size = 0               # the stand-in has no weights to stream (tests patch it)
+
     def __init__(self, trt: StandInTensorRT, graph: c.Graph):
         self.trt, self.graph = trt, graph
+        self.device_memory_size_v2 = activation_bytes(graph)
+        self.weight_streaming_budget_v2 = self.streamable_weights_size   # TensorRT's default: nothing streamed
 
     def create_runtime_config(self):
         return RuntimeConfig()
 
-    def create_execution_context(self, config=None):
+    def create_execution_context(self, config=ALLOCATION.STATIC):
+        """With a runtime config (TensorRT-RTX) or an allocation strategy (full TensorRT), as TensorRT's."""
         self.trt.contexts_made += 1
-        self.trt.configs_used += config is not None
-        return Context(self, config)
+        if isinstance(config, RuntimeConfig):
+            self.trt.configs_used += 1
+            return Context(self, config, config.allocation)
+        return Context(self, None, config)
 
     def get_tensor_dtype(self, name: str) -> str:
         return self.graph.tensor(name).dtype
@@ -193,9 +226,23 @@ class Engine:
 
 
 class Context:
-    def __init__(self, engine: Engine, config):
-        self.engine, self.graph, self.config = engine, engine.graph, config
+    def __init__(self, engine: Engine, config, allocation):
+        self.engine, self.graph, self.config, self.allocation = engine, engine.graph, config, allocation
         self.shapes, self.addresses = {}, {}
+        self.memory = None                    # (address, bytes) given with set_device_memory
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        if self.allocation != ALLOCATION.USER_MANAGED:
+            raise RuntimeError(f"{self.graph.name}: set_device_memory on a context not made USER_MANAGED")
+        if size < self.engine.device_memory_size_v2:
+            raise RuntimeError(f"{self.graph.name}: {size} bytes of context memory, the engine needs "
+                               f"{self.engine.device_memory_size_v2}")
+        self.memory = (int(memory), int(size))
+        trt = self.engine.trt
+        if trt.buffer_at.get(self.memory[0], {None}):   # a new address, or one used by an earlier Session
+            trt.buffer_at[self.memory[0]] = set()
+            trt.buffer_streams.append(trt.buffer_at[self.memory[0]])
+        self.streams = trt.buffer_at[self.memory[0]]
 
     def set_input_shape(self, name: str, shape) -> bool:
         self.shapes[name] = tuple(int(d) for d in shape)
@@ -218,6 +265,10 @@ class Context:
 
     def execute_async_v3(self, stream_handle) -> bool:
         trt, torch = self.engine.trt, self.engine.trt.torch
+        if self.allocation == ALLOCATION.USER_MANAGED:   # TensorRT fails the enqueue without its memory
+            if self.memory is None:
+                return False
+            self.streams.add(int(stream_handle))
         tensors = {t.name: trt.tensor_at(self.addresses[t.name], self.get_tensor_shape(t.name), t.dtype)
                    for t in self.graph.inputs + self.graph.outputs}
         if self.config is not None:          # "compiled for this shape": what a runtime cache would keep
