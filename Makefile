@@ -6,6 +6,7 @@
 #                 [MIN_PSNR=40] [GROUPS="encoder.conv decoder.conv ..."]   which layer groups are quantized
 #                 [CALIB_RES=360p]   calibrate at that output size, apply the ranges at RES (e.g. RES=1080p)
 #   make engine ... REAE_SLICE=1                 run the ReAE in slices of 1 latent frame (less memory)
+#   make engine RES=1080p GPU=rtx4070 VRAM=12     fit the GPU's memory: slices, shared buffers, weight streaming
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 #   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c
 #   make gpucheck-wheels                         wheels scripts/gpu-check.sh installs on a GPU machine without an index
@@ -38,7 +39,7 @@ engine: $(STAMP)
 	$(PY) -m engines.make --res $(RES) --gpu $(GPU) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PRESET),--preset $(PRESET)) \
 		$(if $(SCALE),--scale $(SCALE)) $(if $(IN),--input $(IN)) \
 		$(if $(PRECISION),--precision $(PRECISION)) $(if $(CALIB),--calib $(CALIB)) $(if $(OUT),--out $(OUT)) \
-		$(if $(MIN_PSNR),--min-psnr $(MIN_PSNR)) $(if $(GROUPS),--groups $(GROUPS)) $(if $(CALIB_RES),--calib-res $(CALIB_RES)) $(if $(REAE_SLICE),--reae-slice $(REAE_SLICE))
+		$(if $(MIN_PSNR),--min-psnr $(MIN_PSNR)) $(if $(GROUPS),--groups $(GROUPS)) $(if $(CALIB_RES),--calib-res $(CALIB_RES)) $(if $(REAE_SLICE),--reae-slice $(REAE_SLICE)) $(if $(VRAM),--vram $(VRAM))
 
 bench: $(STAMP)
 	$(PY) -m runtime.bench $(BENCH_ARGS)

@@ -1,7 +1,10 @@
-"""python -m engines --export DIR --gpu NAME [--precision P] [--reae-slice N] [--out FILE] [--cache DIR] [--force]
+"""python -m engines --export DIR --gpu NAME [--vram GB] [--precision P] [--reae-slice N] [--out FILE] [--cache DIR] [--force]
 
 Builds one bundle (engines/<res>.plan by default, res from the export's output height) for one GPU
-profile. Engines come from the build cache when their graph and settings are unchanged.
+profile. Engines come from the build cache when their graph and settings are unchanged. Before
+building, the memory plan is fitted to the GPU's budget (engines/fit.py): the ReAE in slices, one
+context buffer for every engine (overlap off), DiT weights streamed from host memory, cheapest
+first and only where needed; a bundle that cannot fit is refused with the numbers.
 """
 import argparse
 import sys
@@ -10,7 +13,7 @@ from engines.build import BuildError
 from contract.bundle import BundleError
 from engines.cache import DEFAULT_CACHE_DIR
 from engines.make_bundle import make_bundle
-from engines.profiles import PROFILES
+from engines.profiles import PROFILES, memory_budget
 
 
 def main(argv=None) -> int:
@@ -27,10 +30,20 @@ def main(argv=None) -> int:
                    help="TensorRT builder optimization level (default %(default)s)")
     p.add_argument("--reae-slice", type=int, metavar="LATENTS",
                    help="run the ReAE on a chunk in slices of this many latent frames (4 input frames each): its "
-                        "activations are then a slice's, not a whole chunk's (default: whole chunks)")
+                        "activations are then a slice's, not a whole chunk's (default: whole chunks where they fit "
+                        "the budget, else the largest slice that does)")
+    p.add_argument("--vram", type=float, metavar="GB",
+                   help="plan for this much GPU memory (a card's memory as sold: 8, 12, 16...; default: the profile's "
+                        "card); the budget is that less the profile's reserve for the CUDA context and display")
     a = p.parse_args(argv)
+    if a.vram is not None and a.gpu in PROFILES:
+        try:                # a bad --vram is a usage error, said before anything is read or built
+            memory_budget(PROFILES[a.gpu], a.vram)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
-        make_bundle(a.export, a.gpu, a.precision, a.out, a.cache, a.force, a.opt_level, a.reae_slice)
+        make_bundle(a.export, a.gpu, a.precision, a.out, a.cache, a.force, a.opt_level, a.reae_slice, a.vram)
     except (BuildError, BundleError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -61,6 +61,7 @@ class EngineJob:
     require_fused_attention: bool   # DiT graphs: attention must be ONNX Attention -> fused layers
     optimization_level: int
     workspace_bytes: int
+    weight_streaming: bool = False   # BuilderFlag.WEIGHT_STREAMING (DiT engines, when engines/fit.py asks)
 
 
 @dataclass
@@ -99,6 +100,8 @@ def build_engine(job: EngineJob) -> dict:
     set_target(trt, config, job.flavour, job.compute_capabilities)
     set_workspace_limit(trt, config, job.workspace_bytes)
     config.builder_optimization_level = job.optimization_level
+    if job.weight_streaming:   # the network is strongly typed (network_flags), as weight streaming needs
+        config.set_flag(trt.BuilderFlag.WEIGHT_STREAMING)
     # Layer names and kernels stay in the plan, for the engine inspector (python -m engines.inspect).
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     add_optimization_profile(builder, config, job)
@@ -288,12 +291,24 @@ def build_engine_in_subprocess(job: EngineJob) -> dict:
 
 # ---------------------------------------------------------------- all engines of an export
 
-def build_settings(profile: GpuProfile, trt_version: str, optimization_level: int) -> dict:
-    """Everything besides the graph that decides what engine comes out (part of the cache key)."""
+def build_settings(profile: GpuProfile, trt_version: str, optimization_level: int,
+                   budget_gb: float | None = None) -> dict:
+    """Everything besides the graph that decides what engine comes out (part of the cache key).
+    The workspace (each engine's scratch) is capped at the memory budget: the profile's, or a
+    smaller one (--vram)."""
+    budget = min(profile.memory_budget_gb, budget_gb or profile.memory_budget_gb)
     return {"recipe": RECIPE, "flavour": profile.flavour, "tensorrt_version": trt_version,
             "compute_capabilities": list(profile.compute_capabilities), "strongly_typed": True,
             "optimization_level": optimization_level, "profiling_verbosity": "DETAILED",
-            "workspace_bytes": int(profile.memory_budget_gb * 2**30)}
+            "workspace_bytes": int(budget * 2**30)}
+
+
+def engine_key(spec: GraphSpec, settings: dict, streaming: bool, graph_hash: str | None = None) -> str:
+    """An engine's build cache key: its graph and the build settings. Streamable engines are other
+    engines: their flag is part of their key, absent when off, so that the keys of every engine built
+    before weight streaming existed still hold."""
+    return cache_key({"graph_sha256": graph_hash or graph_sha256(spec), "graph": spec.entry(), "settings": settings,
+                      **({"weight_streaming": True} if streaming else {})})
 
 
 def needs_fused_attention(spec: GraphSpec) -> bool:
@@ -301,19 +316,23 @@ def needs_fused_attention(spec: GraphSpec) -> bool:
 
 
 def build_engines(export: ExportFolder, profile: GpuProfile, cache_dir=DEFAULT_CACHE_DIR, force=False,
-                  optimization_level=3) -> tuple[list[EngineResult], dict]:
+                  optimization_level=3, budget_gb: float | None = None,
+                  weight_streaming: frozenset = frozenset()) -> tuple[list[EngineResult], dict]:
     """Every graph of `export` as an engine for `profile`, from the cache where it holds one.
+    budget_gb: the memory budget when not the profile's (--vram); weight_streaming: the names of the
+    engines built streamable (engines/fit.py decides).
 
     Returns the engines in chain order and the build settings used.
     """
     trt = import_tensorrt(profile.flavour)
     check_build_machine(trt, profile.flavour, profile.compute_capabilities)
-    settings = build_settings(profile, trt.__version__, optimization_level)
+    settings = build_settings(profile, trt.__version__, optimization_level, budget_gb)
     protos = {spec.name: load_graph_proto(spec.path) for spec in export.graphs}
-    weights = sum(weight_bytes(p) for p in protos.values())
+    weights = sum(weight_bytes(p) for name, p in protos.items() if name not in weight_streaming)
     if weights > settings["workspace_bytes"]:
-        raise BuildError(f"the export's weights ({weights / 2**30:.1f} GiB) exceed the {profile.name} memory "
-                         f"budget ({profile.memory_budget_gb} GiB): it cannot run there")
+        raise BuildError(f"the export's weights ({weights / 2**30:.1f} GiB{' not streamed' if weight_streaming else ''}) "
+                         f"exceed the {profile.name} memory budget ({round(settings['workspace_bytes'] / 2**30, 6):g} GiB): "
+                         f"it cannot run there")
     cache = EngineCache(cache_dir)
     results = []
     for i, spec in enumerate(export.graphs, 1):
@@ -322,7 +341,8 @@ def build_engines(export: ExportFolder, profile: GpuProfile, cache_dir=DEFAULT_C
             raise BuildError(f"{spec.name}: {nested} Attention nodes sit inside If/Loop subgraphs, where "
                              f"TensorRT cannot build attention; export without control flow")
         graph_hash = graph_sha256(spec)
-        key = cache_key({"graph_sha256": graph_hash, "graph": spec.entry(), "settings": settings})
+        streaming = spec.name in weight_streaming
+        key = engine_key(spec, settings, streaming, graph_hash)
         record = None if force else cache.lookup(key)
         hit = record is not None
         if hit:
@@ -333,10 +353,11 @@ def build_engines(export: ExportFolder, profile: GpuProfile, cache_dir=DEFAULT_C
                 f"for SM {', '.join(profile.compute_capabilities)} ({export.precision}, {top} attention nodes)")
             job = EngineJob(spec.name, str(spec.path), str(cache.engine_path(key)), profile.flavour,
                             profile.compute_capabilities, spec.inputs, spec.outputs, spec.dynamic, top,
-                            needs_fused_attention(spec), optimization_level, settings["workspace_bytes"])
+                            needs_fused_attention(spec), optimization_level, settings["workspace_bytes"], streaming)
             t0 = time.perf_counter()
             built = build_engine_in_subprocess(job)
             record = {"key": key, "graph": spec.name, "graph_sha256": graph_hash, "settings": settings,
+                      "weight_streaming": streaming,
                       "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "wall_seconds": round(time.perf_counter() - t0, 3), **built}
             cache.store(key, record)

@@ -146,15 +146,21 @@ def external_data_files(path: Path, model: onnx.ModelProto | None = None) -> lis
     return files
 
 
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * _ONNX_ITEMSIZE.get(t.data_type, 4)
+
+
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all initializers / constants, from their dims and dtype (data not loaded)."""
-    total = 0
-    for t in _all_tensors(model):
-        n = 1
-        for d in t.dims:
-            n *= d
-        total += n * _ONNX_ITEMSIZE.get(t.data_type, 4)
-    return total
+    return sum(_tensor_bytes(t) for t in _all_tensors(model))
+
+
+def largest_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the largest initializer / constant (data not loaded)."""
+    return max((_tensor_bytes(t) for t in _all_tensors(model)), default=0)
 
 
 def count_attention_nodes(model: onnx.ModelProto) -> tuple[int, int]:

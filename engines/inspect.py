@@ -4,7 +4,9 @@ Prints what a bundle holds: its manifest (target, precision, model, sizes, chunk
 pairs) and one summary per engine, then the execution plan the runtime builds from it (per latent-frame
 count, the DiT engines in chain order with the boundary tensors they pass on; exit status 1 if no
 plan can be built), the memory plan (engines + activations + I/O buffers the runtime holds on the
-GPU, against the profile's card and budget; a warning when it does not fit), then what could be
+GPU; how it fits: the context buffers and which engines share them, the DiT weights streamed and
+their cost; the total against the card and budget it was planned for, a warning when it does not
+fit), then what could be
 checked beyond the manifest:
   * TensorRT engines: deserialized and read with the engine inspector, which needs an NVIDIA GPU of
     a target compute capability (TensorRT-RTX's runtime queries the GPU even to deserialize).
@@ -20,7 +22,7 @@ from collections import Counter
 
 from contract.bundle import BundleError, open_bundle
 from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
-from engines.memory import describe_plan, plan_total
+from engines.memory import describe_plan, gpu_plan, plan_total
 from engines.profiles import PROFILES
 from contract.graphs import ContractError, contract_from_manifest
 
@@ -88,7 +90,15 @@ def memory_plan_lines(manifest) -> list[str]:
     entries = [e.get("memory") for e in manifest["engines"]]
     if not all(entries):
         return ["memory    not recorded (a bundle from before the memory plan: rebuild it with python -m engines)"]
-    return describe_plan(plan_total(entries), PROFILES.get(manifest["target"]["gpu"]))
+    profile = PROFILES.get(manifest["target"]["gpu"])
+    if manifest["target"]["flavour"] == "onnx":
+        return describe_plan(plan_total(entries), profile)
+    # The runtime lays out its context buffers as the plan did (contract/context_memory.py); bundles
+    # from before the plan recorded overlap ran with it on.
+    recorded = manifest.get("memory_plan") or {}
+    total = gpu_plan(manifest["engines"], recorded.get("overlap", True))
+    total.update({k: recorded[k] for k in ("budget_gb", "card_gb") if k in recorded})
+    return describe_plan(total, profile)
 
 
 def print_quantization(m: dict) -> None:

@@ -1,8 +1,8 @@
 """`make engine`: checkpoint (or the tiny preset) -> ONNX export -> one bundle, in one command.
 
-    python -m engines.make --res 1080p --gpu rtx5090 [--scale 4 | --input WxH] [--precision bf16]
+    python -m engines.make --res 1080p --gpu rtx5090 [--vram GB] [--scale 4 | --input WxH] [--precision bf16]
                            [--checkpoint DIR] [--dit-parts N] [--dit-shapes dynamic|static]
-                           [--out engines/1080p.plan]
+                           [--reae-slice N] [--out engines/1080p.plan]
     python -m engines.make --res 360p --gpu rtx5090 --precision fp8 --calib clip.mp4   (or cpu + int8)
     python -m engines.make --res 1080p --gpu rtx5090 --precision fp8 --calib clip.mp4 --calib-res 360p
 
@@ -25,7 +25,7 @@ from contract.sizes import parse_size, resolution_name
 
 from contract.graphs import QUANTIZATIONS
 
-from .profiles import check_quantization, get_profile
+from .profiles import check_quantization, get_profile, memory_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = ROOT / "exports"
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
                         "static: one shape-specialised set per count (the weights once per count)")
     p.add_argument("--reae-slice", type=int, metavar="LATENTS", help="latent frames per ReAE call (python -m engines "
                    "--help); default: whole chunks")
+    p.add_argument("--vram", type=float, metavar="GB", help="GPU memory to plan for (python -m engines --help); "
+                   "default: the --gpu profile's card")
     p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
     p.add_argument("--exports", default=str(EXPORTS), help="where exports are kept (default %(default)s)")
     p.add_argument("--cache", help="engine build cache (default engines/.cache)")
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
         elif args.calib or args.groups or args.min_psnr != 40.0 or args.calib_res:
             raise ValueError("--calib, --calib-res, --min-psnr and --groups are for --precision fp8 or int8")
         parse_size(args.res)
+        memory_budget(profile, args.vram)      # a --vram the profile cannot take, before anything is exported
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -193,6 +196,7 @@ def main(argv=None) -> int:
     engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]
     engines_argv += ["--out", args.out] if args.out else []
     engines_argv += ["--reae-slice", str(args.reae_slice)] if args.reae_slice else []
+    engines_argv += ["--vram", str(args.vram)] if args.vram else []
     engines_argv += ["--force"] if args.force else []
     engines_argv += ["--cache", args.cache] if args.cache else []
     return engines_main(engines_argv)

@@ -8,6 +8,10 @@ The manifest written into the bundle holds everything a runtime needs besides th
   export {format, version, created, export_json_sha256},
   sizes {input_size, output_size, padded_size, latent_size, scale, resolution},
   chunk (export.json "chunk": clip_len, dit_overlap, dit_latent_frames, encoder/decoder frames),
+  memory_plan: the GPU total (engines/memory.py) and how it fits the budget (engines/fit.py):
+           overlap (false: one context buffer, the runtime's default is then 1 chunk in flight),
+           contexts, reae_slice, streamed bytes (each streaming DiT engine's budget is in its
+           `memory`: weight_streaming_budget_bytes), budget_gb, card_gb,
   state {encoder: [{input, output, shape, dtype}], decoder: [...]}: state_in.X pairs with state_out.X,
   engines: in chain order [{name, role, member, blocks, latent_frames, inputs, outputs, dynamic
            (these from contract/graphs.py, which reads them back), files, graph_sha256,
@@ -31,9 +35,12 @@ from engines.cache import DEFAULT_CACHE_DIR
 from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
                                    load_graph_proto, read_export, sha256_file, weight_bytes,
                                    with_reae_slice)
+from engines.fit import BundleTooLarge  # noqa: F401 - raised here, callers catch it from this module
+from engines.fit import built_key, export_engines, fit_bundle, reae_latents, slice_candidates, streamable
 from engines.flavours import MODULES
-from engines.memory import engine_memory, fit_problem, graph_memory, plan_total
-from engines.profiles import GpuProfile, check_precision, check_quantization, get_profile
+from engines.memory import engine_memory, fit_problem, plan_total
+from engines.profiles import (GpuProfile, check_precision, check_quantization, get_profile, memory_budget,
+                              quantizations)
 from contract.graphs import contract_from_manifest, engine_entry
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent
@@ -77,10 +84,6 @@ def quantization_record(export: ExportFolder, profile: GpuProfile) -> dict | Non
             "quality": record["quality"], "ranges_from": record.get("ranges_from")}
 
 
-class BundleTooLarge(ValueError):
-    """The planned GPU memory of a bundle exceeds its profile's budget."""
-
-
 def _engine_entry(spec, member: str, files: list[str], graph_hash: str, network: dict, build: dict | None,
                   memory: dict) -> dict:
     return {**engine_entry(spec.graph, member), "files": files, "graph_sha256": graph_hash,
@@ -106,16 +109,72 @@ def _onnx_network_summary(spec) -> dict:
             "onnx_attention_nodes": top + nested, "weight_bytes": weight_bytes(model)}
 
 
+def _built_engines(export: ExportFolder, results) -> list[dict]:
+    """The manifest's engine entries of built engines (streamable ones with what they could stream)."""
+    engines = []
+    for spec, r in zip(export.graphs, results):
+        rec = r.record
+        network = {**rec["network"], **rec["attention"]}
+        build = {k: rec[k] for k in ("parse_seconds", "build_seconds", "peak_rss_bytes", "built_at",
+                                     "weight_streaming") if k in rec}
+        memory = engine_memory(spec, r.size, rec.get("activation_bytes"))
+        if rec.get("weight_streaming"):
+            memory.update(streamable(load_graph_proto(spec.path)))
+        engines.append(_engine_entry(spec, r.member, [r.member], rec["graph_sha256"], network, build, memory))
+    return engines
+
+
+def build_to_fit(whole: ExportFolder, profile: GpuProfile, plan_fit: dict, reae_slice: int | None, out: Path,
+                 cache_dir, force: bool, optimization_level: int) -> tuple[ExportFolder, list, list, dict, dict]:
+    """Choose the measures that fit the budget (engines/fit.py), build, then choose again on the built
+    engines' real sizes; if that changes what the engines are (the ReAE slice, weight streaming),
+    build again (the cache keeps what did not change). Refuses (BundleTooLarge) before building
+    when the plan cannot fit. -> (the export as built, its engine entries, EngineResults, build
+    settings, the memory plan)."""
+    latents, candidates = reae_latents(whole), slice_candidates(whole, reae_slice)
+    fit = fit_bundle(export_engines(whole), candidates, latents, where=f"{whole.path} for {profile.name}",
+                     can_stream=True, **plan_fit)
+    built: dict = {}
+    for _ in range(3):
+        export = with_reae_slice(whole, fit.reae_slice) if fit.reae_slice else whole
+        results, settings = build_engines(export, profile, cache_dir, force, optimization_level,
+                                          plan_fit["budget_gb"], frozenset(fit.streaming))
+        engines = _built_engines(export, results)
+        built.update({built_key(spec): {"engine_bytes": r.size, "activation_bytes": r.record.get("activation_bytes")}
+                      for spec, r in zip(export.graphs, results)})
+        again = fit_bundle(export_engines(whole, built), candidates, latents, where=f"{out} for {profile.name}",
+                           can_stream=True, **plan_fit)
+        if (again.reae_slice, sorted(again.streaming)) == (fit.reae_slice, sorted(fit.streaming)):
+            break
+        print(f"memory: the built engines' sizes change the plan: {_what(again)} instead of {_what(fit)}; "
+              f"building again", file=sys.stderr)
+        fit = again
+    # The contexts' sharing and the streaming budgets, settled on the engines as built.
+    final = fit_bundle(lambda _: engines, [fit.reae_slice], latents, where=f"{out} for {profile.name}",
+                       can_stream=bool(fit.streaming), **plan_fit)
+    for note in final.notes:
+        print(f"memory: {note}", file=sys.stderr)
+    return export, final.engines, results, settings, {**final.plan, "reae_slice": fit.reae_slice}
+
+
+def _what(fit) -> str:
+    return (f"ReAE slices of {fit.reae_slice}" if fit.reae_slice else "whole ReAE chunks") + \
+        (", DiT weight streaming" if fit.streaming else "")
+
+
 def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, cache_dir=DEFAULT_CACHE_DIR,
-                force: bool = False, optimization_level: int = 3, reae_slice: int | None = None
-                ) -> tuple[Path, dict, list]:
+                force: bool = False, optimization_level: int = 3, reae_slice: int | None = None,
+                vram_gb: float | None = None) -> tuple[Path, dict, list]:
     """Build (or take from the cache) every engine of the export for `gpu`; write the bundle.
-    reae_slice: latent frames per ReAE call (None: a whole chunk per call); see with_reae_slice.
+    reae_slice: latent frames per ReAE call (None: a whole chunk per call); see with_reae_slice. For
+    GPU profiles engines/fit.py chooses it when not given, with the context sharing and weight
+    streaming, to fit the budget: the profile's, or vram_gb (GB of GPU memory) less its reserve.
 
     Returns (bundle path, manifest as written, EngineResult list; empty for cpu).
     """
     profile = get_profile(gpu)
-    export = read_export(export_dir)
+    budget_gb = memory_budget(profile, vram_gb)
+    whole = export = read_export(export_dir)
     if reae_slice is not None:
         export = with_reae_slice(export, reae_slice)
     precision = check_export_precision(export, precision, profile)
@@ -123,9 +182,6 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
     out = Path(out) if out else default_out(export)
 
     engines, members, results = [], [], []
-    if profile.flavour != "onnx":    # before hours of building: the weights as the engines' size
-        check_fits([{**graph_memory(spec), "engine_bytes": weight_bytes(load_graph_proto(spec.path)),
-                     "activation_bytes": None} for spec in export.graphs], profile, f"{export.path} for {gpu}")
     if profile.flavour == "onnx":
         builder = {"flavour": "onnx", "module": "onnxruntime", "version": None,
                    "settings": {"note": "no engines: the ONNX graphs themselves, for ONNX Runtime"}}
@@ -137,19 +193,15 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
             summary = _onnx_network_summary(spec)
             engines.append(_engine_entry(spec, spec.path.name, [f.name for f in files], graph_sha256(spec),
                                          summary, None, engine_memory(spec, summary["weight_bytes"], None)))
+        memory_plan = check_fits([e["memory"] for e in engines], profile, f"{out} for {gpu}")
     else:
-        results, settings = build_engines(export, profile, cache_dir, force, optimization_level)
+        plan_fit = dict(profile=profile, budget_gb=budget_gb, card_gb=vram_gb or profile.memory_gb,
+                        fp8_advice="fp8" in quantizations(profile) and not quantization and precision != "fp32")
+        export, engines, results, settings, memory_plan = build_to_fit(whole, profile, plan_fit, reae_slice, out,
+                                                                       cache_dir, force, optimization_level)
         builder = {"flavour": profile.flavour, "module": MODULES[profile.flavour],
                    "version": settings["tensorrt_version"], "settings": settings}
-        for spec, r in zip(export.graphs, results):
-            rec = r.record
-            network = {**rec["network"], **rec["attention"]}
-            build = {k: rec[k] for k in ("parse_seconds", "build_seconds", "peak_rss_bytes", "built_at")}
-            members.append((r.member, r.path, r.sha256))
-            engines.append(_engine_entry(spec, r.member, [r.member], rec["graph_sha256"], network, build,
-                                         engine_memory(spec, r.size, rec.get("activation_bytes"))))
-
-    memory_plan = check_fits([e["memory"] for e in engines], profile, f"{out} for {gpu}")
+        members = [(r.member, r.path, r.sha256) for r in results]
     meta = export.meta
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,16 @@ What decides a row:
     The builder refuses graphs whose weights do not fit and caps each engine's scratch at it, and
     make_bundle refuses a bundle whose planned GPU total (engines/memory.py) exceeds it.
   * memory_gb: the card's memory (GB as sold), shown beside the plan by `engines.inspect`.
+    `--vram GB` (python -m engines, engines.make, make engine VRAM=) plans for another amount:
+    its budget keeps the profile's reserve (memory_budget below).
+  * pcie_gb_s: the host link's rate per direction (GB/s after line coding: PCIe 4.0 x16 31.5, x8
+    15.8; 5.0 x16 63.0, x8 31.5), for the cost of weight streaming (engines/fit.py); None where
+    the GPU shares the host's memory (GB10) or there is no GPU.
+
+The 8, 12 and 16 GB desktop cards keep 1 GiB back: the CUDA context and TensorRT-RTX's compiled
+kernels (a few hundred MiB) and a desktop's display (a few hundred MiB more).
 """
+import math
 from dataclasses import dataclass
 
 FLAVOURS = ("tensorrt-rtx", "tensorrt", "onnx")
@@ -30,6 +39,7 @@ class GpuProfile:
     precisions: tuple[str, ...]           # what the target can run
     memory_budget_gb: float | None        # GiB; None: host memory (cpu)
     notes: str
+    pcie_gb_s: float | None = None        # host link, GB/s per direction; None: unified memory or cpu
 
     @property
     def memory_gb(self) -> float | None:
@@ -38,31 +48,55 @@ class GpuProfile:
 
 # The card's memory as sold; None for cpu (host memory).
 CARD_MEMORY_GB = {"rtx5090": 32, "rtx-pro-6000": 96, "gb10": 128, "rtx4090": 24, "l40s": 48, "rtx3090": 24,
-                  "a100": 40, "rtx2080ti": 11, "h100": 80, "h200": 141}
+                  "a100": 40, "rtx2080ti": 11, "h100": 80, "h200": 141,
+                  "rtx4060": 8, "rtx4060ti-8": 8, "rtx4060ti-16": 16, "rtx4070": 12, "rtx4070ti-super": 16,
+                  "rtx4080": 16, "rtx5060ti-16": 16, "rtx5070": 12, "rtx5070ti": 16, "rtx5080": 16}
+PCIE4_X8, PCIE4_X16, PCIE5_X8, PCIE5_X16, PCIE3_X16 = 15.8, 31.5, 31.5, 63.0, 15.8
 
 _ROWS = [
     GpuProfile("rtx5090", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 30.0,
-               "GeForce RTX 5090, 32 GB, Blackwell."),
+               "GeForce RTX 5090, 32 GB, Blackwell.", PCIE5_X16),
     GpuProfile("rtx-pro-6000", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 90.0,
-               "RTX PRO 6000 Blackwell, 96 GB."),
+               "RTX PRO 6000 Blackwell, 96 GB.", PCIE5_X16),
     GpuProfile("gb10", "tensorrt-rtx", ("12.1",), "bf16", ("bf16", "fp16"), 100.0,
                "DGX Spark GB10: 128 GB unified memory shared with the CPU side."),
     GpuProfile("rtx4090", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 22.0,
-               "GeForce RTX 4090, 24 GB, Ada."),
+               "GeForce RTX 4090, 24 GB, Ada.", PCIE4_X16),
     GpuProfile("l40s", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 44.0,
-               "L40S, 48 GB, Ada."),
+               "L40S, 48 GB, Ada.", PCIE4_X16),
     GpuProfile("rtx3090", "tensorrt-rtx", ("8.6",), "bf16", ("bf16", "fp16"), 22.0,
-               "GeForce RTX 3090, 24 GB, Ampere."),
+               "GeForce RTX 3090, 24 GB, Ampere.", PCIE4_X16),
     GpuProfile("a100", "tensorrt-rtx", ("8.0",), "bf16", ("bf16", "fp16"), 38.0,
-               "A100 40 GB (budget sized for the 40 GB part; the 80 GB part fits the same bundle)."),
+               "A100 40 GB (budget sized for the 40 GB part; the 80 GB part fits the same bundle).", PCIE4_X16),
     GpuProfile("rtx2080ti", "tensorrt-rtx", ("7.5",), "fp16", ("fp16",), 10.0,
                "GeForce RTX 2080 Ti, 11 GB, Turing: no bf16. The 5B DiT's fp16 weights (~10 GB) "
-               "do not fit; only small presets do."),
+               "do not fit without weight streaming.", PCIE3_X16),
+    # The 8, 12 and 16 GB desktop cards: Ada (SM 8.9) and Blackwell GeForce (SM 12.0), 1 GiB kept back.
+    GpuProfile("rtx4060", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 7.0,
+               "GeForce RTX 4060, 8 GB, Ada, PCIe 4.0 x8.", PCIE4_X8),
+    GpuProfile("rtx4060ti-8", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 7.0,
+               "GeForce RTX 4060 Ti 8 GB, Ada, PCIe 4.0 x8.", PCIE4_X8),
+    GpuProfile("rtx4060ti-16", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 4060 Ti 16 GB, Ada, PCIe 4.0 x8.", PCIE4_X8),
+    GpuProfile("rtx4070", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 11.0,
+               "GeForce RTX 4070 (and 4070 Super, 4070 Ti), 12 GB, Ada.", PCIE4_X16),
+    GpuProfile("rtx4070ti-super", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 4070 Ti Super, 16 GB, Ada.", PCIE4_X16),
+    GpuProfile("rtx4080", "tensorrt-rtx", ("8.9",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 4080 (and 4080 Super), 16 GB, Ada.", PCIE4_X16),
+    GpuProfile("rtx5060ti-16", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 5060 Ti 16 GB, Blackwell, PCIe 5.0 x8.", PCIE5_X8),
+    GpuProfile("rtx5070", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 11.0,
+               "GeForce RTX 5070, 12 GB, Blackwell.", PCIE5_X16),
+    GpuProfile("rtx5070ti", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 5070 Ti, 16 GB, Blackwell.", PCIE5_X16),
+    GpuProfile("rtx5080", "tensorrt-rtx", ("12.0",), "bf16", ("bf16", "fp16"), 15.0,
+               "GeForce RTX 5080, 16 GB, Blackwell.", PCIE5_X16),
     GpuProfile("h100", "tensorrt", ("9.0",), "bf16", ("bf16", "fp16"), 76.0,
                "H100 80 GB, Hopper: TensorRT-RTX has no SM90 target, so full TensorRT (>= 10.14 for "
-               "ONNX Attention), built on an H100."),
+               "ONNX Attention), built on an H100.", PCIE5_X16),
     GpuProfile("h200", "tensorrt", ("9.0",), "bf16", ("bf16", "fp16"), 134.0,
-               "H200 141 GB, Hopper: full TensorRT (>= 10.14), built on an H100/H200."),
+               "H200 141 GB, Hopper: full TensorRT (>= 10.14), built on an H100/H200.", PCIE5_X16),
     GpuProfile("cpu", "onnx", (), "fp32", ("fp32", "fp16"), None,
                "No engines: the ONNX graphs (and external data) for ONNX Runtime."),
 ]
@@ -99,6 +133,23 @@ def check_quantization(profile: GpuProfile, quantization: str) -> None:
                      f"{profile.name} takes {', '.join(offered) or 'no quantized precision'}.")
 assert all(p.flavour in FLAVOURS for p in _ROWS)
 assert all((p.memory_gb is None) == (p.memory_budget_gb is None) for p in _ROWS)
+
+
+def memory_budget(profile: GpuProfile, vram_gb: float | None = None) -> float | None:
+    """GiB a bundle may plan for: the profile's budget, or with `vram_gb` (the card's memory as sold,
+    or what another user of the GPU leaves) that less the profile's reserve (CUDA context, display,
+    video I/O). None for cpu (host memory)."""
+    if vram_gb is not None and not (math.isfinite(vram_gb) and vram_gb > 0):
+        raise ValueError(f"--vram {vram_gb:g}: give the GPU's memory in GB, a number above 0 (8, 12, 16...)")
+    if vram_gb is None or profile.memory_budget_gb is None:
+        if vram_gb is not None:
+            raise ValueError(f"--vram is for GPU profiles; {profile.name} runs in host memory")
+        return profile.memory_budget_gb
+    budget = round(vram_gb - (profile.memory_gb - profile.memory_budget_gb), 6)
+    if budget <= 0:
+        raise ValueError(f"--vram {vram_gb:g}: {profile.name} keeps {profile.memory_gb - profile.memory_budget_gb:g} "
+                         f"GiB back for the CUDA context, the display and video I/O, which leaves nothing")
+    return budget
 
 
 def get_profile(name: str) -> GpuProfile:

@@ -91,6 +91,20 @@ def test_unknown_gpu_cli(fp16_export, capsys):
     assert "unknown GPU profile 'titan-x'; known: rtx5090" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("gpu, vram, message", [
+    ("rtx5090", "0", "--vram 0: give the GPU's memory in GB, a number above 0 (8, 12, 16...)"),
+    ("rtx5090", "nan", "--vram nan: give the GPU's memory in GB"),
+    ("rtx5090", "2", "--vram 2: rtx5090 keeps 2 GiB back for the CUDA context, the display and video I/O, which "
+                     "leaves nothing"),
+    ("cpu", "8", "--vram is for GPU profiles; cpu runs in host memory"),
+])
+def test_a_bad_vram_is_one_line_and_exit_2(fp16_export, tmp_path, capsys, gpu, vram, message):
+    from engines.__main__ import main
+    assert main(["--export", str(fp16_export), "--gpu", gpu, "--vram", vram, "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("gpu, precision, message", [
     ("rtx5090", "fp32", "fused attention kernels need fp16 or bf16"),
     ("h100", "fp32", "fused attention kernels need fp16 or bf16"),
@@ -226,10 +240,14 @@ def test_inspect_rtx_bundle(rtx_bundle, capsys):
     assert "engines not checked" in out or "engines deserialized" in out
     # the memory plan: every engine's size and activations, the total against the card
     assert out.count("            memory: engine ") == 4
-    assert "on the GPU" in out and "rtx5090 (32 GB): budget 30.0 GiB: fits" in out
+    assert "on the GPU" in out and "rtx5090 (32 GB): budget 30 GiB: fits (2.7 MiB of 30 GiB)" in out
+    # the context buffers (contract/context_memory.py): one per lane, the DiT parts sharing theirs
+    assert "context buffers (overlap on: one per lane, the DiT parts share one): encoder 0.0 MiB | dit.0, dit.1 " in out
     plan = rtx_bundle[1]["memory_plan"]
     assert plan["engines_bytes"] == sum(e["memory"]["engine_bytes"] for e in rtx_bundle[1]["engines"])
     assert plan["total_bytes"] == plan["engines_bytes"] + plan["activation_bytes"] + plan["io_bytes"]
+    assert plan["activation_bytes"] == sum(b["bytes"] for b in plan["contexts"]) and plan["overlap"]
+    assert plan["reae_slice"] is None and plan["streamed_bytes"] == {}     # nothing needed on a 32 GB card
 
 
 # ------------------------------------------------------------------------------------ cpu bundle
@@ -379,13 +397,32 @@ def test_weights_over_memory_budget(fp16_export, tmp_path, monkeypatch):
     import dataclasses
     tiny = dataclasses.replace(get_profile("rtx5090"), name="tiny-gpu", memory_budget_gb=1e-4)
     monkeypatch.setitem(PROFILES, "tiny-gpu", tiny)
-    # refused before any build, with the plan's numbers (engines/memory.py) and what to change
-    with pytest.raises(BundleTooLarge, match=r"needs 0.0 GiB on the GPU \(engines 0.0 \+ activations 0.0 \(estimated\) "
-                                             r"\+ I/O 0.0\) but tiny-gpu has a budget of 0.0001 GiB: export with"):
+    # refused before any build, every measure tried (engines/fit.py), with the plan's numbers and what to change
+    with pytest.raises(BundleTooLarge, match=r"for tiny-gpu: even with the ReAE in slices of 1 latent frame .*; overlap "
+                                             r"off .*; 0.2 MiB of DiT weights streamed .*, the bundle needs 0.2 MiB on "
+                                             r"the GPU \(engines 0.0 MiB \+ activations 0.0 MiB \(estimated\) \+ I/O "
+                                             r"0.1 MiB\) but tiny-gpu has a budget of 0.1 MiB. What would change that: "):
         make_bundle(fp16_export, "tiny-gpu", out=tmp_path / "x.plan", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     # build_engines keeps its own weights check for callers that skip make_bundle
     from engines.build import build_engines
     from engines.export_folder import read_export
-    with pytest.raises(BuildError, match=r"weights \(0.0 GiB\) exceed the tiny-gpu memory budget"):
+    with pytest.raises(BuildError, match=r"weights \(0.0 GiB\) exceed the tiny-gpu memory budget \(0.0001 GiB\)"):
         build_engines(read_export(fp16_export), tiny, tmp_path / "cache")
+
+
+@requires_rtx
+def test_weight_streaming_is_part_of_an_engines_cache_key_only_when_on(rtx_bundle, fp16_export, monkeypatch):
+    from engines.build import build_engines, build_settings, engine_key
+    from engines.cache import EngineCache
+    from engines.export_folder import graph_sha256
+    export, profile, cache = read_export(fp16_export), get_profile("rtx5090"), rtx_bundle[3]
+    settings = build_settings(profile, rtx_bundle[1]["builder"]["version"], 3)
+    for spec in export.graphs:     # off: the key every engine had before weight streaming existed
+        old = build_module.cache_key({"graph_sha256": graph_sha256(spec), "graph": spec.entry(), "settings": settings})
+        assert engine_key(spec, settings, streaming=False) == old and EngineCache(cache).lookup(old) is not None
+        assert engine_key(spec, settings, streaming=True) != old
+    calls = count_builds(monkeypatch)
+    results, _ = build_engines(export, profile, cache, weight_streaming=frozenset({"dit.1"}))
+    assert calls == ["dit.1"]                         # only the streamable engine is another engine
+    assert [r.record.get("weight_streaming", False) for r in results] == [False, False, True, False]

@@ -51,4 +51,7 @@ def test_bad_requests(tmp_path):
     assert unknown.returncode == 2 and "rtx9999" in unknown.stderr and "rtx5090" in unknown.stderr
     bad_res = make_engine(tmp_path, "--gpu", "rtx5090", "--res", "999q")
     assert bad_res.returncode == 2 and "999q" in bad_res.stderr
+    bad_vram = make_engine(tmp_path, "--gpu", "rtx4070", "--vram", "-12")
+    assert bad_vram.returncode == 2 and bad_vram.stderr == ("error: --vram -12: give the GPU's memory in GB, a number "
+                                                            "above 0 (8, 12, 16...)\n")
     assert not (tmp_path / "64.plan").exists()
