@@ -134,6 +134,8 @@ def build_to_fit(whole: ExportFolder, profile: GpuProfile, plan_fit: dict, reae_
     latents, candidates = reae_latents(whole), slice_candidates(whole, reae_slice)
     fit = fit_bundle(export_engines(whole), candidates, latents, where=f"{whole.path} for {profile.name}",
                      can_stream=True, **plan_fit)
+    for note in fit.notes:       # what was chosen and why, before the build
+        print(f"memory: {note}", file=sys.stderr)
     built: dict = {}
     for _ in range(3):
         export = with_reae_slice(whole, fit.reae_slice) if fit.reae_slice else whole
@@ -152,8 +154,9 @@ def build_to_fit(whole: ExportFolder, profile: GpuProfile, plan_fit: dict, reae_
     # The contexts' sharing and the streaming budgets, settled on the engines as built.
     final = fit_bundle(lambda _: engines, [fit.reae_slice], latents, where=f"{out} for {profile.name}",
                        can_stream=bool(fit.streaming), **plan_fit)
-    for note in final.notes:
-        print(f"memory: {note}", file=sys.stderr)
+    if (final.overlap, final.streaming.keys()) != (fit.overlap, fit.streaming.keys()):   # the real sizes moved it
+        for note in final.notes:
+            print(f"memory: on the engines as built: {note}", file=sys.stderr)
     return export, final.engines, results, settings, {**final.plan, "reae_slice": fit.reae_slice}
 
 
