@@ -61,21 +61,48 @@ def check_token(token, where: str) -> str:
     return token
 
 
-def read_token_file(path: Path) -> str:
-    """The token in `path`: a file only its owner can read or write (as `chmod 600` leaves it)."""
+def read_file(path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ServeError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_private_file(path: Path, what: str = "the token file") -> bytes:
+    """The bytes of `path`: a file only its owner can read or write (as `chmod 600` leaves it)."""
     if not path.exists():
         raise ServeError(f"{path} is a symbolic link to nothing (a missing file, or a loop): remove it, or "
-                         f"link it to the token file")
+                         f"link it to {what}")
     if not path.is_file():
         raise ServeError(f"{path} is not a file")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ServeError(f"{path} can be read or changed by other users (mode {mode:04o}): chmod 600 {path}")
     try:
-        token = path.read_text(errors="replace").strip()
+        return path.read_bytes()
     except OSError as e:
         raise ServeError(f"cannot read {path}: {e.strerror}") from None
-    return check_token(token, str(path))
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (a private file, read_private_file)."""
+    return check_token(read_private_file(path).decode(errors="replace").strip(), str(path))
+
+
+def read_tokens_file(path: Path) -> list[str]:
+    """The tokens in `path` (a private file), one per line: one per client of the gRPC endpoint."""
+    lines = read_private_file(path, "the tokens file").decode(errors="replace").splitlines()
+    tokens = [check_token(line.strip(), f"{path} line {i + 1}") for i, line in enumerate(lines) if line.strip()]
+    if not tokens:
+        raise ServeError(f"{path} holds no token (one per line)")
+    return tokens
+
+
+def model_spec(spec: dict, source: str):
+    """A ModelSpec from its fields as a replica's info() gives them (lists for tuples), from `source`."""
+    from ..spec import ModelSpec
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return ModelSpec(**{**fields, "source": source})
 
 
 def env_token() -> str | None:
