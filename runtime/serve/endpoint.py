@@ -13,11 +13,11 @@ certificates) or the loudly named --insecure-plaintext. Every call's token (meta
 handler runs or any of its messages is read; only grpc.health.v1.Health/Check needs none. No
 reflection service. Limits: message sizes from the bundle's frame sizes and max_push_frames;
 streams per token and in all; metadata size; an idle timeout (nothing received or delivered);
-HTTP/2 keepalive, so a vanished peer's calls end. A stream keeps at most IN_FLIGHT pushes at its
-replica and reads its client's next message only when one of them is answered and written, so a
-client that stops reading holds up only its own stream (HTTP/2 flow control pushes back on its
-sends) and the endpoint's memory stays bounded. A call that ends in any way closes its replica
-stream at once.
+HTTP/2 keepalive, so a vanished peer's calls end. Back-pressure: a stream's reader waits while
+IN_FLIGHT pushes are queued for their answers (one more is being answered and sent, one more is
+read and sent to the replica: at most PUSH_WINDOW), so a client that stops reading stops its own
+sends (HTTP/2 flow control) and the endpoint holds at most those pushes' frames for it. A call
+that ends in any way closes its replica stream at once.
 """
 import asyncio
 import contextvars
@@ -34,7 +34,9 @@ from google.protobuf.message import DecodeError
 from . import restorer_pb2 as pb
 from .common import OPEN_TIMEOUT_S, model_spec
 
-IN_FLIGHT = 2                      # pushes of a stream at its replica: one restored while the next travels
+# Pushes queued for their answers: the replica restores one while the next travels. IN_FLIGHT + 2
+# must stay within the replica's PUSH_WINDOW (common.py), or a push would be refused as too early.
+IN_FLIGHT = 2
 RESPONSE_BYTES = 4 * 1024 ** 2     # restored frames per message: as many as fit (gRPC's default receive limit), >= 1
 MESSAGE_SLACK = 1024               # a message's fields besides its frames
 METADATA_BYTES = 8 * 1024          # a call's metadata (the token is ~50 bytes)
