@@ -9,7 +9,7 @@
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 #   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c
 #   make gpucheck-wheels                         wheels scripts/gpu-check.sh installs on a GPU machine without an index
-#   make proto                                   regenerate runtime/serve/restorer_pb2*.py from restorer.proto
+#   make proto                                   regenerate runtime/serve/restorer_pb2.py from restorer.proto
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 RES       ?= 360p
@@ -55,10 +55,11 @@ gpucheck-wheels: $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 		--python-version 3.11 -d build/gpucheck-wheels av==18.1.0 safetensors==0.8.0 tqdm==4.70.1
 
-# The generated modules are committed, so that `pip install -e .[serve]` needs no build step and a fresh
-# CI machine nothing but requirements.txt; tests/test_grpc.py regenerates them and fails when they differ.
+# The generated module is committed, so that `pip install -e .[serve]` needs no build step and a fresh
+# CI machine nothing but requirements.txt; tests/test_grpc.py regenerates it and fails when it differs. Messages only: both sides call the method with bytes
+# (runtime/serve/messages.py), so no gRPC stub is generated.
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. runtime/serve/restorer.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. runtime/serve/restorer.proto
 
 clean:
 	rm -rf build exports engines/*.plan engines/.cache

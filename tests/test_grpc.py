@@ -25,6 +25,7 @@ from test_stream import frame_times
 
 ray = pytest.importorskip("ray")
 grpc = pytest.importorskip("grpc")
+from runtime.serve.messages import STREAM_METHOD  # noqa: E402
 
 CLIENT_TOKENS = ("client-a-" + "a" * 24, "client-b-" + "b" * 24)
 NAME = "swiftvr-grpc-test"
@@ -133,7 +134,7 @@ def raw_call(server, messages, metadata=((("authorization", f"Bearer {CLIENT_TOK
     """Restorer/Stream with raw request bytes (what a broken or hostile client sends): (code, details, answers)."""
     channel = channel or grpc.secure_channel(server.address.split("://")[1], grpc.ssl_channel_credentials(
         (server.certs / "ca.pem").read_bytes()), [("grpc.max_send_message_length", -1)])
-    call = channel.stream_stream("/swiftvr.serve.v1.Restorer/Stream")(iter(messages), metadata=metadata, timeout=30)
+    call = channel.stream_stream(STREAM_METHOD)(iter(messages), metadata=metadata, timeout=30)
     answers = []
     try:
         answers.extend(call)
@@ -151,14 +152,29 @@ def request(**kind) -> bytes:
 
 # ---- no server needed -------------------------------------------------------------------------
 
-def test_generated_modules_are_current(tmp_path):
-    """restorer_pb2*.py are committed (make proto): they must be what restorer.proto gives now."""
+def test_generated_module_is_current(tmp_path):
+    """restorer_pb2.py is committed (make proto): it must be what restorer.proto gives now."""
     from grpc_tools import protoc
-    assert protoc.main(["protoc", f"-I{REPO}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+    assert protoc.main(["protoc", f"-I{REPO}", f"--python_out={tmp_path}",
                         str(REPO / "runtime/serve/restorer.proto")]) == 0
-    for name in ("restorer_pb2.py", "restorer_pb2_grpc.py"):
-        made = (tmp_path / "runtime/serve" / name).read_text()
-        assert made == (REPO / "runtime/serve" / name).read_text(), f"runtime/serve/{name} is stale: run make proto"
+    made = (tmp_path / "runtime/serve/restorer_pb2.py").read_text()
+    assert made == (REPO / "runtime/serve/restorer_pb2.py").read_text(), "restorer_pb2.py is stale: run make proto"
+
+
+def test_messages_with_frames_parse_as_protobuf_made_them():
+    """messages.encode: the small fields by protobuf, the frames after them, one message when parsed."""
+    from runtime.serve import restorer_pb2 as pb
+    from runtime.serve.messages import encode
+    rng = np.random.default_rng(0)
+    for length in (0, 1, 127, 128, 16383, 16384, 3 * 1920 * 1080):
+        data = rng.integers(0, 255, length, np.uint8)
+        push = pb.StreamRequest(push=pb.Push(first_index=7, count=3))
+        assert pb.StreamRequest.FromString(encode(push, "push", data)) == pb.StreamRequest(
+            push=pb.Push(first_index=7, count=3, data=data.tobytes()))
+        frames = pb.StreamResponse(frames=pb.Frames(push=2, first_index=9, count=1, last_of_push=True))
+        parsed = pb.StreamResponse.FromString(encode(frames, "frames", data.reshape(1, 1, -1, 1)))
+        assert parsed == pb.StreamResponse(frames=pb.Frames(push=2, first_index=9, count=1, last_of_push=True,
+                                                            data=data.tobytes()))
 
 
 def test_listen_flags_are_checked_before_ray_starts(tmp_path, capsys):
@@ -383,7 +399,7 @@ def test_a_client_that_stops_reading_slows_only_itself_and_is_cut_off_when_idle(
     channel = grpc.secure_channel(server.address.split("://")[1],
                                   grpc.ssl_channel_credentials((server.certs / "ca.pem").read_bytes()),
                                   [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)])
-    call = channel.stream_stream("/swiftvr.serve.v1.Restorer/Stream")(
+    call = channel.stream_stream(STREAM_METHOD)(
         requests(), metadata=(("authorization", f"Bearer {CLIENT_TOKENS[0]}"),))
     rss = server.rss_kb()
     time.sleep(1.5)
@@ -414,7 +430,7 @@ def test_silent_and_vanished_clients_give_back_their_streams(server):
     channel = grpc.secure_channel(server.address.split("://")[1],
                                   grpc.ssl_channel_credentials((server.certs / "ca.pem").read_bytes()))
     silence = threading.Event()
-    call = channel.stream_stream("/swiftvr.serve.v1.Restorer/Stream")(
+    call = channel.stream_stream(STREAM_METHOD)(
         iter(silence.wait, True), metadata=(("authorization", f"Bearer {CLIENT_TOKENS[0]}"),))
     time.sleep(0.5)
     assert server.sessions() == 0

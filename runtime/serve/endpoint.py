@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from . import restorer_pb2 as pb
 from .common import OPEN_TIMEOUT_S, model_spec
+from .messages import SERVICE_NAME, encode
 
 # Pushes queued for their answers: the replica restores one while the next travels. IN_FLIGHT + 2
 # must stay within the replica's PUSH_WINDOW (common.py), or a push would be refused as too early.
@@ -41,7 +42,6 @@ RESPONSE_BYTES = 4 * 1024 ** 2     # restored frames per message: as many as fit
 MESSAGE_SLACK = 1024               # a message's fields besides its frames
 METADATA_BYTES = 8 * 1024          # a call's metadata (the token is ~50 bytes)
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Restorer"].full_name
 CALLER: contextvars.ContextVar[int] = contextvars.ContextVar("caller")    # the token's index, set by TokenCheck
 
 
@@ -338,9 +338,9 @@ class Restorer:
         starts = range(0, len(frames), self.frames_per_message) if len(frames) else [0]
         for start in starts:
             piece = frames[start:start + self.frames_per_message]
-            message = pb.Frames(push=seq, first_index=call.frames_out, count=len(piece), data=piece.tobytes(),
-                                last_of_push=start + self.frames_per_message >= len(frames))
-            await self._within_idle(call, call.context.write(pb.StreamResponse(frames=message).SerializeToString()))
+            message = pb.StreamResponse(frames=pb.Frames(push=seq, first_index=call.frames_out, count=len(piece),
+                                                         last_of_push=start + self.frames_per_message >= len(frames)))
+            await self._within_idle(call, call.context.write(encode(message, "frames", np.ascontiguousarray(piece))))
             call.frames_out += len(piece)
 
     async def _within_idle(self, call: StreamCall, awaitable):

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 
 from . import restorer_pb2 as pb
-from . import restorer_pb2_grpc
 from .common import PUSH_WINDOW, BadPush, Busy, Refused, ServeError, StreamLost, check_frames, read_file
+from .messages import STREAM_METHOD, encode
 
 RECEIVE_LIMIT = 256 * 1024 ** 2     # a message's size this client accepts: many 4K frames (StreamInfo.max_message_bytes)
 FORMATS = {"rgb24": pb.RGB24, "yuv420p": pb.YUV420P}
@@ -51,7 +51,8 @@ class GrpcClient:
             if tls_ca or tls_cert:
                 raise ServeError(f"{address}: TLS options need a grpcs:// address")
             self.channel = grpc.insecure_channel(target, options)
-        self.stub = restorer_pb2_grpc.RestorerStub(self.channel)
+        self.stream_method = self.channel.stream_stream(STREAM_METHOD,
+                                                        response_deserializer=pb.StreamResponse.FromString)
 
     def open(self, format: str = "rgb24") -> "GrpcStream":
         """A new stream; its pushes are uint8 RGB frames, or with format="yuv420p" bytes [T, W*H*3/2]
@@ -77,13 +78,13 @@ class GrpcStream:
     def __init__(self, client: GrpcClient, format: str):
         self.address, self.format = client.address, format
         self.requests: queue.Queue = queue.Queue()
-        self.call = client.stub.Stream(iter(self.requests.get, _END), metadata=client.metadata)
+        self.call = client.stream_method(iter(self.requests.get, _END), metadata=client.metadata)
         self.seq = 0                        # pushes (and the flush) sent
         self.answered = 0                   # pushes whose answers were read
         self.frames_in = 0
         self.closed = False
         self.opened = False
-        self.requests.put(pb.StreamRequest(open=pb.Open(format=FORMATS[format])))
+        self.requests.put(pb.StreamRequest(open=pb.Open(format=FORMATS[format])).SerializeToString())
         response = self._next()
         if response.WhichOneof("kind") != "info":
             self.close()
@@ -103,7 +104,7 @@ class GrpcStream:
         if self.seq - self.answered >= PUSH_WINDOW:
             raise ServeError(f"at most {PUSH_WINDOW} pushes of a stream may wait for their answers: read one first")
         data, count = self._check(frames)
-        self._send(pb.StreamRequest(push=pb.Push(first_index=self.frames_in, count=count, data=data)))
+        self._send(encode(pb.StreamRequest(push=pb.Push(first_index=self.frames_in, count=count)), "push", data))
         self.frames_in += count
         return self.seq - 1
 
@@ -130,7 +131,7 @@ class GrpcStream:
     def flush(self) -> np.ndarray:
         """The end of the stream: every frame not yet returned (read the answers of pushes still out first)."""
         seq = self.seq
-        self._send(pb.StreamRequest(flush=pb.Flush()))
+        self._send(pb.StreamRequest(flush=pb.Flush()).SerializeToString())
         while self.answered < seq:          # pushes submitted and never collected: their frames come first
             self.result(self.answered)
         out = self.result(seq)
@@ -148,7 +149,7 @@ class GrpcStream:
             self.requests.put(_END)
             self.call.cancel()
 
-    def _check(self, frames) -> tuple[bytes, int]:
+    def _check(self, frames) -> tuple[np.ndarray, int]:
         if self.format == "yuv420p":
             width, height = self.input_size
             size = width * height + 2 * ((width + 1) // 2) * ((height + 1) // 2)
@@ -157,16 +158,16 @@ class GrpcStream:
                     not 1 <= len(frames) <= self.max_push_frames:
                 raise BadPush(f"push refused: yuv420p frames are uint8 [1..{self.max_push_frames}, {size}], got "
                               f"{frames.dtype} {list(frames.shape)}")
-            return np.ascontiguousarray(frames).tobytes(), len(frames)
+            return np.ascontiguousarray(frames), len(frames)
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
         why = check_frames(frames, self.input_size, self.max_push_frames)
         if why:
             raise BadPush(f"push refused: {why}")
-        return np.ascontiguousarray(frames).tobytes(), len(frames)
+        return np.ascontiguousarray(frames), len(frames)
 
-    def _send(self, request) -> None:
+    def _send(self, request: bytes) -> None:
         if self.closed:
             raise ServeError("the stream is closed")
         self.requests.put(request)
