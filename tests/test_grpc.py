@@ -211,7 +211,7 @@ def test_listen_flags_are_checked_before_ray_starts(tmp_path, capsys):
 
 def test_four_tls_streams_at_once_equal_local_sessions_and_the_limits_hold(server, local):
     from runtime import serve
-    from runtime.serve.endpoint import yuv420p_to_rgb
+    from runtime.serve.common import yuv420p_to_rgb
     from test_embed import rgb_to_yuv420p
     clips = [moving_frames(11 + 3 * i, *SIZE, seed=20 + i) for i in range(4)]
     yuv = rgb_to_yuv420p(clips[3])               # the fourth stream pushes yuv420p

@@ -51,6 +51,20 @@ def check_frames(frames, input_size: tuple[int, int], max_frames: int) -> str | 
     return None
 
 
+def yuv420p_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[T, bytes] yuv420p (ffmpeg's layout) -> uint8 [T, H, W, 3] RGB: BT.601 limited range, in integers,
+    the conversion runtime/c/swiftvr.c makes (tests/test_embed.py checks that they agree)."""
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    y = yuv[:, :width * height].reshape(-1, height, width).astype(np.int32)
+    u = yuv[:, width * height:width * height + cw * ch].reshape(-1, ch, cw).astype(np.int32)
+    v = yuv[:, width * height + cw * ch:].reshape(-1, ch, cw).astype(np.int32)
+    u = u.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
+    v = v.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
+    c = 298 * (y - 16)
+    rgb = np.stack([(c + 409 * v + 128) >> 8, (c - 100 * u - 208 * v + 128) >> 8, (c + 516 * u + 128) >> 8], -1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
 def check_token(token, where: str) -> str:
     """The token, if it can be one: a short or empty token would open the service to guessing."""
     if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or not token.isascii() \

@@ -32,7 +32,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import restorer_pb2 as pb
-from .common import OPEN_TIMEOUT_S, model_spec
+from .common import OPEN_TIMEOUT_S, model_spec, yuv420p_to_rgb
 from .messages import SERVICE_NAME, encode
 
 # Pushes queued for their answers: the replica restores one while the next travels. IN_FLIGHT + 2
@@ -119,19 +119,6 @@ async def _refuse(request_iterator, context):
 
 # Streaming both ways, whatever the method: nothing is read before the refusal.
 refuse_unauthenticated = grpc.stream_stream_rpc_method_handler(_refuse)
-
-
-def yuv420p_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
-    """[T, bytes] yuv420p -> [T, H, W, 3] RGB: BT.601 limited range in integers, as runtime/c/swiftvr.c does."""
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    y = yuv[:, :width * height].reshape(-1, height, width).astype(np.int32)
-    u = yuv[:, width * height:width * height + cw * ch].reshape(-1, ch, cw).astype(np.int32)
-    v = yuv[:, width * height + cw * ch:].reshape(-1, ch, cw).astype(np.int32)
-    u = u.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
-    v = v.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
-    c = 298 * (y - 16)
-    rgb = np.stack([(c + 409 * v + 128) >> 8, (c - 100 * u - 208 * v + 128) >> 8, (c + 516 * u + 128) >> 8], -1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def frame_bytes(format: int, width: int, height: int) -> int:
