@@ -250,9 +250,10 @@ def main(argv=None) -> int:
     if a.engine:
         results["bundle"] = measure(a, log_dir)
     results["ceiling"] = ceiling(a, log_dir)
-    print(json.dumps(results, indent=1))
+    text = json.dumps(results, indent=1)
+    print(text)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(text)
     return 0
 
 
