@@ -269,38 +269,51 @@ def test_every_refusal_has_its_status_and_harms_neither_the_server_nor_other_str
     sessions = server.sessions()
     push = pb.Push(first_index=0, count=1, data=bytes(SIZE[0] * SIZE[1] * 3))
     code = grpc.StatusCode
-    attacks = {
-        "no token": raw_call(server, [request(open=pb.Open())], metadata=()),
-        "a wrong token": raw_call(server, [request(open=pb.Open())], metadata=(("authorization", "Bearer " + "w" * 33),)),
-        "the token without Bearer": raw_call(server, [request(open=pb.Open())],
-                                             metadata=(("authorization", CLIENT_TOKENS[0]),)),
-        "the service token (not a client token)": raw_call(server, [request(open=pb.Open())],
-                                                           metadata=(("authorization", f"Bearer {TOKEN}"),)),
-        "data first, no token": raw_call(server, [request(open=pb.Open()), request(push=push)] * 50, metadata=()),
-        "huge metadata": raw_call(server, [request(open=pb.Open())],
-                                  metadata=(("authorization", f"Bearer {CLIENT_TOKENS[0]}"), ("x-pad", "p" * 100_000))),
-        "garbage message": raw_call(server, [b"\xff\xfe\xfd garbage"]),
-        "an empty message": raw_call(server, [b""]),
-        "a push before Open": raw_call(server, [request(push=push)]),
-        "a second Open": raw_call(server, [request(open=pb.Open()), request(open=pb.Open())]),
-        "an unknown pixel format": raw_call(server, [request(open=pb.Open(format=7))]),
-        "a push of the wrong size": raw_call(server, [request(open=pb.Open()), request(push=pb.Push(
-            first_index=0, count=2, data=push.data))]),
-        "a push of no frames": raw_call(server, [request(open=pb.Open()), request(push=pb.Push(first_index=0))]),
-        "a push at the wrong index": raw_call(server, [request(open=pb.Open()), request(push=pb.Push(
-            first_index=5, count=1, data=push.data))]),
-        "too many frames": raw_call(server, [request(open=pb.Open()), request(push=pb.Push(
-            first_index=0, count=49, data=push.data * 49))]),
-        "an oversized message": raw_call(server, [request(open=pb.Open()), request(push=pb.Push(
-            first_index=0, count=1, data=bytes(8 * 1024 ** 2)))]),
-        "requests end without a Flush": raw_call(server, [request(open=pb.Open()), request(push=push)]),
-        "a plaintext client on the TLS port": raw_call(server, [request(open=pb.Open())], channel=grpc.insecure_channel(
-            server.address.split("://")[1])),
+    opening, token = request(open=pb.Open()), (("authorization", f"Bearer {CLIENT_TOKENS[0]}"),)
+
+    def after_open(**push_fields):
+        return lambda: raw_call(server, [opening, request(push=pb.Push(**push_fields))])
+    tries = {   # each a call, made below
+        "no token": lambda: raw_call(server, [opening], metadata=()),
+        "a wrong token": lambda: raw_call(server, [opening], metadata=(("authorization", "Bearer " + "w" * 33),)),
+        "the token without Bearer": lambda: raw_call(server, [opening],
+                                                     metadata=(("authorization", CLIENT_TOKENS[0]),)),
+        "the service token (not a client token)": lambda: raw_call(server, [opening],
+                                                                   metadata=(("authorization", f"Bearer {TOKEN}"),)),
+        "data first, no token": lambda: raw_call(server, [opening, request(push=push)] * 50, metadata=()),
+        "huge metadata": lambda: raw_call(server, [opening], metadata=token + (("x-pad", "p" * 100_000),)),
+        "garbage message": lambda: raw_call(server, [b"\xff\xfe\xfd garbage"]),
+        "an empty message": lambda: raw_call(server, [b""]),
+        "a push before Open": lambda: raw_call(server, [request(push=push)]),
+        "a second Open": lambda: raw_call(server, [opening, opening]),
+        "an unknown pixel format": lambda: raw_call(server, [request(open=pb.Open(format=7))]),
+        "a push of the wrong size": after_open(first_index=0, count=2, data=push.data),
+        "a push of no frames": after_open(first_index=0),
+        "a push at the wrong index": after_open(first_index=5, count=1, data=push.data),
+        "too many frames": after_open(first_index=0, count=49, data=push.data * 49),
+        "an oversized message": after_open(first_index=0, count=1, data=bytes(8 * 1024 ** 2)),
+        "requests end without a Flush": lambda: raw_call(server, [opening, request(push=push)]),
+        "a plaintext client on the TLS port": lambda: raw_call(
+            server, [opening], channel=grpc.insecure_channel(server.address.split("://")[1])),
     }
+    # The live stream pushes a frame between every few attacks: on a loaded machine all of them
+    # together may take longer than IDLE_S.
+    at = 3
+
+    def keep_alive():
+        nonlocal at
+        out.append(live.push(frames[at:at + 1]))
+        at += 1
+    attacks = {}
+    for i, (what, attack) in enumerate(tries.items()):
+        attacks[what] = attack()
+        if i % 5 == 4:
+            keep_alive()
     statuses = {what: status for what, (status, _, _) in attacks.items()}
     assert statuses == {
         "no token": code.UNAUTHENTICATED, "a wrong token": code.UNAUTHENTICATED,
-        "the token without Bearer": code.UNAUTHENTICATED, "the service token (not a client token)": code.UNAUTHENTICATED,
+        "the token without Bearer": code.UNAUTHENTICATED,
+        "the service token (not a client token)": code.UNAUTHENTICATED,
         "data first, no token": code.UNAUTHENTICATED, "huge metadata": code.RESOURCE_EXHAUSTED,
         "garbage message": code.INVALID_ARGUMENT, "an empty message": code.INVALID_ARGUMENT,
         "a push before Open": code.INVALID_ARGUMENT, "a second Open": code.INVALID_ARGUMENT,
@@ -324,6 +337,8 @@ def test_every_refusal_has_its_status_and_harms_neither_the_server_nor_other_str
         except ConnectionResetError:
             pass
 
+    keep_alive()
+
     # The Python client checks a push before sending it: refused, the stream goes on.
     with pytest.raises(serve.BadPush, match="the model takes 17x16"):
         live.push(np.zeros((2, 32, 34, 3), np.uint8))
@@ -341,7 +356,7 @@ def test_every_refusal_has_its_status_and_harms_neither_the_server_nor_other_str
     channel.close()
 
     assert server.sessions() == sessions           # no refused call ever reached a replica
-    out += [live.push(frames[3:]), live.flush()]
+    out += [live.push(frames[at:]), live.flush()]
     np.testing.assert_array_equal(np.concatenate(out), local(frames))
     client.close()
     assert server.process.poll() is None and server.wait_for_sessions(0) == 0
@@ -441,7 +456,8 @@ def test_silent_and_vanished_clients_give_back_their_streams(server):
     channel.close()
 
     script = ("import sys, time, numpy as np\nfrom runtime import serve\n"
-              f"c = serve.connect({server.address!r}, token={CLIENT_TOKENS[0]!r}, tls_ca={str(server.certs / 'ca.pem')!r})\n"
+              f"c = serve.connect({server.address!r}, token={CLIENT_TOKENS[0]!r}, "
+              f"tls_ca={str(server.certs / 'ca.pem')!r})\n"
               f"s = c.open()\ns.push(np.zeros((3, {SIZE[1]}, {SIZE[0]}, 3), np.uint8))\n"
               "print('pushed', flush=True)\ntime.sleep(60)\n")
     client = subprocess.Popen([PY, "-c", script], cwd=REPO, env=fresh_env(), stdout=subprocess.PIPE, text=True)

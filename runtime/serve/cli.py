@@ -58,7 +58,8 @@ def check_endpoint_args(a: argparse.Namespace) -> None:
     """The gRPC endpoint's flags, before Ray starts: plaintext on a network needs --insecure-plaintext."""
     from .endpoint import is_loopback, split_listen
     endpoint_flags = [f for f, v in (("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key),
-                                     ("--tls-client-ca", a.tls_client_ca), ("--insecure-plaintext", a.insecure_plaintext),
+                                     ("--tls-client-ca", a.tls_client_ca),
+                                     ("--insecure-plaintext", a.insecure_plaintext),
                                      ("--client-tokens", a.client_tokens),
                                      ("--max-endpoint-streams", a.max_endpoint_streams),
                                      ("--max-streams-per-token", a.max_streams_per_token)) if v]
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
                 return 1
             how = ("TLS" + (", client certificates required" if tls.client_ca else "")) if tls else "PLAINTEXT"
             print(f"gRPC endpoint listening on {endpoint.address} ({how}; {len(client_tokens)} token(s), "
-                  f"{limits.max_streams} streams, {limits.max_streams_per_token} per token)", file=sys.stderr, flush=True)
+                  f"{limits.max_streams} streams, {limits.max_streams_per_token} per token)",
+                  file=sys.stderr, flush=True)
             if not tls and a.insecure_plaintext:
                 print("WARNING: --insecure-plaintext: tokens and frames cross the network in the clear",
                       file=sys.stderr, flush=True)

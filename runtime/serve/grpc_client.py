@@ -20,7 +20,7 @@ from . import restorer_pb2 as pb
 from .common import PUSH_WINDOW, BadPush, Busy, Refused, ServeError, StreamLost, check_frames, read_file
 from .messages import STREAM_METHOD, encode
 
-RECEIVE_LIMIT = 256 * 1024 ** 2     # a message's size this client accepts: many 4K frames (StreamInfo.max_message_bytes)
+RECEIVE_LIMIT = 256 * 1024 ** 2     # the largest message it takes: 10 4K frames (see StreamInfo.max_message_bytes)
 FORMATS = {"rgb24": pb.RGB24, "yuv420p": pb.YUV420P}
 _END = object()
 
