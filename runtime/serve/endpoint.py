@@ -236,12 +236,15 @@ class Restorer:
             reader.cancel()
 
     async def _open(self, call: StreamCall) -> None:
+        from ray.exceptions import RayError
         try:
             answer = await asyncio.wait_for(asyncio.wrap_future(self.router.open.remote(self.service_token).future()),
                                             self.limits.open_timeout_s)
         except asyncio.TimeoutError:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, f"the service did not answer in "
                                                         f"{self.limits.open_timeout_s:g} s; try again later") from None
+        except RayError:                   # the router is gone: the service is stopping
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "the service has stopped") from None
         if answer.get("error") == "busy":
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "busy: every replica holds its limit of streams; try again later")
@@ -280,6 +283,8 @@ class Restorer:
                     return
         except Refusal as refusal:
             await pending.put(refusal)
+        except Exception as e:             # not the client's doing: the call ends, the endpoint goes on
+            await pending.put(Refusal(grpc.StatusCode.INTERNAL, f"the endpoint failed: {type(e).__name__}: {e}"))
 
     async def _frames(self, call: StreamCall, push) -> np.ndarray:
         """The push's frames as the model takes them (uint8 RGB), or a refusal saying what is wrong."""
@@ -289,13 +294,13 @@ class Restorer:
         if not 1 <= push.count <= self.max_push_frames:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
                           f"a push holds 1..{self.max_push_frames} frames, got {push.count}")
-        size = frame_bytes(call.format, self.in_w, self.in_h)
-        if len(push.data) != push.count * size:
+        size, data = frame_bytes(call.format, self.in_w, self.in_h), push.data       # (each .data is a copy)
+        if len(data) != push.count * size:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT,
                           f"a push of {push.count} {pb.PixelFormat.Name(call.format)} frames of {self.in_w}x"
-                          f"{self.in_h} holds {push.count * size} bytes, got {len(push.data)}")
+                          f"{self.in_h} holds {push.count * size} bytes, got {len(data)}")
         call.frames_in += push.count
-        data = np.frombuffer(push.data, np.uint8)
+        data = np.frombuffer(data, np.uint8)
         if call.format == pb.YUV420P:
             return await asyncio.to_thread(yuv420p_to_rgb, data.reshape(push.count, size), self.in_w, self.in_h)
         return data.reshape(push.count, self.in_h, self.in_w, 3)
