@@ -1,5 +1,5 @@
-"""What the client, the replicas and the router share: names, limits, errors, the checks of a token
-and of a push."""
+"""What the clients, the replicas, the router and the gRPC endpoint share: names, limits, errors, the
+checks of a token and of a push, private files, the yuv420p conversion."""
 import os
 from pathlib import Path
 
@@ -92,10 +92,7 @@ def read_private_file(path: Path, what: str = "the token file") -> bytes:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ServeError(f"{path} can be read or changed by other users (mode {mode:04o}): chmod 600 {path}")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ServeError(f"cannot read {path}: {e.strerror}") from None
+    return read_file(path, what)
 
 
 def read_token_file(path: Path) -> str:
