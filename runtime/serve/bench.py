@@ -1,12 +1,12 @@
 """How fast streams go through the gRPC endpoint (docs/benchmarks.md, "runtime.serve's gRPC endpoint").
 
     python -m runtime.serve.bench --engine BUNDLE [--streams 1 4] [--frames 96] [--rounds 3]
-                                  [--ceiling-size 480x270 --ceiling-scale 4]
+                                  [--ceiling-size 480x270 --ceiling-scale 4] [--tls]
 
 1. The bundle: N streams restored by N Sessions on one model in this process (threads, one ONNX
    Runtime thread: what one replica with 1 CPU does), against the same N streams through
    `python -m runtime.serve --replicas 1 --listen 127.0.0.1:0` (a subprocess with its own Ray
-   cluster; clients here, plaintext loopback, each keeping 2 pushes of clip_len frames on the
+   cluster; clients here, loopback, plaintext or --tls, each keeping 2 pushes of clip_len frames on the
    wire as runtime.stream --serve does). Rounds alternate; medians; the ratio is per round.
 2. The ceiling: the same clients against an endpoint whose "model" does nothing (a Ray actor that
    answers each push with ready-made frames of the output size): what the endpoint, Ray's hop
@@ -26,7 +26,7 @@ import numpy as np
 
 from contract.sizes import parse_size
 
-TOKEN_ENV_VALUE = "bench-token-" + "b" * 32
+TOKEN = "bench-token-" + "b" * 32
 
 
 def restore_local(model, clips: list[np.ndarray], push: int) -> float:
@@ -41,10 +41,10 @@ def restore_local(model, clips: list[np.ndarray], push: int) -> float:
     return run_threads(one, clips)
 
 
-def restore_served(address: str, clips: list[np.ndarray], push: int, token: str) -> float:
+def restore_served(address: str, clips: list[np.ndarray], push: int, tls_ca=None) -> float:
     """Seconds to restore the clips through the endpoint, one stream each, side by side."""
     from . import ServedSession, connect
-    client = connect(address, token=token)
+    client = connect(address, token=TOKEN, tls_ca=tls_ca)
 
     def one(clip):
         stream = client.open()
@@ -79,9 +79,19 @@ def run_threads(work, clips) -> float:
     return time.perf_counter() - start
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key (openssl): for --tls."""
+    cert, key = folder / "bench-cert.pem", folder / "bench-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    return cert, key
+
+
 def start_server(argv: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """A server process (argv after the interpreter); its address once it listens."""
-    env = {**os.environ, "SWIFTVR_SERVE_TOKEN": TOKEN_ENV_VALUE, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "SWIFTVR_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).parents[2])}
     out = open(log, "w")
     process = subprocess.Popen([sys.executable, *argv], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -137,11 +147,12 @@ class NoopService:
         pass
 
 
-def noop_server(listen: str, input_size, output_size, clip_len: int, max_push_frames: int) -> None:
-    """Serve the no-op service on `listen` until SIGTERM (run as a subprocess by main())."""
+def noop_server(listen: str, input_size, output_size, clip_len: int, max_push_frames: int, tls_files=None) -> None:
+    """Serve the no-op service on `listen` (with TLS: tls_files = (cert, key)) until SIGTERM (run as a
+    subprocess by main())."""
     import signal
     import ray
-    from .endpoint import Endpoint, Limits
+    from .endpoint import TLS, Endpoint, Limits
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     service = ray.remote(NoopService).options(max_concurrency=64).remote(input_size, output_size, clip_len,
                                                                           max_push_frames)
@@ -154,8 +165,10 @@ def noop_server(listen: str, input_size, output_size, clip_len: int, max_push_fr
         ray.get(service.push.remote("s", i, pushed))
     print(f"ray hop alone: {20 * max_push_frames * out_frame / (time.perf_counter() - start) / 1e6:.0f} MB/s of "
           f"restored frames, one push at a time", flush=True)
-    endpoint = Endpoint(service, listen=listen, tokens=[TOKEN_ENV_VALUE], service_token=TOKEN_ENV_VALUE,
-                        limits=Limits(max_streams=16, max_streams_per_token=16, idle_timeout_s=60), info=info)
+    endpoint = Endpoint(service, listen=listen, tokens=[TOKEN], service_token=TOKEN,
+                        limits=Limits(max_streams=16, max_streams_per_token=16, idle_timeout_s=60), info=info,
+                        tls=TLS(cert=Path(tls_files[0]).read_bytes(), key=Path(tls_files[1]).read_bytes())
+                        if tls_files else None)
     print(f"no-op endpoint listening on {endpoint.address}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -175,19 +188,20 @@ def measure(a, log_dir: Path) -> dict:
     base = rng.integers(0, 255, (a.frames, height, width, 3), np.uint8)
     push = spec.clip_len
     results = {"bundle": spec.describe(), "frames_per_stream": a.frames, "push_frames": push, "runs": {}}
+    tls = ["--tls-cert", str(a.tls_ca), "--tls-key", str(a.tls_key)] if a.tls else []
     server, address = start_server(["-m", "runtime.serve", "--engine", a.engine, "--replicas", "1",
-                                    "--max-streams", str(max(a.streams)), "--listen", "127.0.0.1:0"],
+                                    "--max-streams", str(max(a.streams)), "--listen", "127.0.0.1:0", *tls],
                                    log_dir / "serve.log")
     try:
         for n in a.streams:
             clips = [np.roll(base, i, axis=2) for i in range(n)]
-            restore_served(address, [c[:push * 2] for c in clips], push, TOKEN_ENV_VALUE)     # warm-up
+            restore_served(address, [c[:push * 2] for c in clips], push, a.tls_ca)     # warm-up
             local, served = [], []
             for r in range(a.rounds):
                 order = (("local", local), ("served", served)) if r % 2 == 0 else (("served", served), ("local", local))
                 for kind, times in order:
                     times.append(restore_local(model, clips, push) if kind == "local" else
-                                 restore_served(address, clips, push, TOKEN_ENV_VALUE))
+                                 restore_served(address, clips, push, a.tls_ca))
             frames = n * a.frames
             out_bytes = frames * spec.output_size[0] * spec.output_size[1] * 3
             results["runs"][f"{n} stream(s)"] = {
@@ -205,15 +219,16 @@ def ceiling(a, log_dir: Path) -> dict:
     (w, h), scale = parse_size(a.ceiling_size), a.ceiling_scale
     out_size = (w * scale, h * scale)
     push = a.ceiling_push
+    tls = ["--noop-tls", str(a.tls_ca), str(a.tls_key)] if a.tls else []
     server, address = start_server(["-m", "runtime.serve.bench", "--noop-server", "127.0.0.1:0",
                                     "--ceiling-size", a.ceiling_size, "--ceiling-scale", str(scale),
-                                    "--ceiling-push", str(push)], log_dir / "noop.log")
+                                    "--ceiling-push", str(push), *tls], log_dir / "noop.log")
     results = {"input": f"{w}x{h}", "output": f"{out_size[0]}x{out_size[1]}", "push_frames": push, "runs": {}}
     try:
         frame = np.random.default_rng(2).integers(0, 255, (a.ceiling_frames, h, w, 3), np.uint8)
         for n in a.streams:
-            restore_served(address, [frame[:push * 2]] * n, push, TOKEN_ENV_VALUE)                # warm-up
-            times = [restore_served(address, [frame] * n, push, TOKEN_ENV_VALUE) for _ in range(a.rounds)]
+            restore_served(address, [frame[:push * 2]] * n, push, a.tls_ca)                # warm-up
+            times = [restore_served(address, [frame] * n, push, a.tls_ca) for _ in range(a.rounds)]
             frames = n * a.ceiling_frames
             seconds = statistics.median(times)
             results["runs"][f"{n} stream(s)"] = {
@@ -238,15 +253,19 @@ def main(argv=None) -> int:
     p.add_argument("--ceiling-scale", type=int, default=4, help="its output = input x scale (default 4: 1080p)")
     p.add_argument("--ceiling-push", type=int, default=4, help="frames per push in the ceiling run (default 4)")
     p.add_argument("--ceiling-frames", type=int, default=240, help="frames per stream in the ceiling run")
+    p.add_argument("--tls", action="store_true", help="TLS on loopback (a self-signed certificate made by openssl)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--noop-server", metavar="HOST:PORT", help=argparse.SUPPRESS)
+    p.add_argument("--noop-tls", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.noop_server:
         w, h = parse_size(a.ceiling_size)
-        noop_server(a.noop_server, (w, h), (w * a.ceiling_scale, h * a.ceiling_scale), 24, a.ceiling_push)
+        noop_server(a.noop_server, (w, h), (w * a.ceiling_scale, h * a.ceiling_scale), 24, a.ceiling_push, a.noop_tls)
         return 0
     log_dir = Path(a.json).parent if a.json else Path(".")
-    results = {"machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start"}
+    a.tls_ca, a.tls_key = self_signed(log_dir) if a.tls else (None, None)
+    results = {"machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start",
+               "transport": "TLS" if a.tls else "plaintext", "loopback": True}
     if a.engine:
         results["bundle"] = measure(a, log_dir)
     results["ceiling"] = ceiling(a, log_dir)
