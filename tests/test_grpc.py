@@ -500,7 +500,15 @@ def test_a_killed_replica_ends_only_its_streams_with_unavailable(server, local):
     client = server.client()
     streams = [client.open() for _ in range(4)]        # the least loaded replica each time: 2 and 2
     firsts = [s.push(clip[:4]) for s in streams]
-    ray.kill(server.replicas()[0])
+    doomed = server.replicas()[0]
+    ray.kill(doomed)
+    deadline = time.monotonic() + 30            # ray.kill returns before the process is gone: wait for it,
+    while time.monotonic() < deadline:          # or a push could still be answered by the dying replica
+        try:
+            ray.get(doomed.load.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.05)
     lost, done = 0, 0
     for stream, first in zip(streams, firsts):
         try:
