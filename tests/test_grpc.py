@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from test_runtime import PY, REPO, SIZE, cpu_bundle, make_clip, moving_frames, decoded_frames  # noqa: F401
-from test_ray import TOKEN, cluster, fresh_env  # noqa: F401
+from test_ray import TOKEN, cluster, fresh_env, kill_and_wait  # noqa: F401
 from test_stream import frame_times
 
 ray = pytest.importorskip("ray")
@@ -501,14 +501,7 @@ def test_a_killed_replica_ends_only_its_streams_with_unavailable(server, local):
     streams = [client.open() for _ in range(4)]        # the least loaded replica each time: 2 and 2
     firsts = [s.push(clip[:4]) for s in streams]
     doomed = server.replicas()[0]
-    ray.kill(doomed)
-    deadline = time.monotonic() + 30            # ray.kill returns before the process is gone: wait for it,
-    while time.monotonic() < deadline:          # or a push could still be answered by the dying replica
-        try:
-            ray.get(doomed.load.remote(), timeout=10)
-        except ray.exceptions.RayActorError:
-            break
-        time.sleep(0.05)
+    kill_and_wait(doomed)
     lost, done = 0, 0
     for stream, first in zip(streams, firsts):
         try:
