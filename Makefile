@@ -10,12 +10,13 @@
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 #   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c
 #   make gpucheck-wheels                         wheels scripts/gpu-check.sh installs on a GPU machine without an index
+#   make proto                                   regenerate runtime/serve/restorer_pb2.py from restorer.proto
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 RES       ?= 360p
 GPU       ?= rtx5090
 
-.PHONY: setup test demo engine bench embed gpucheck-wheels clean
+.PHONY: setup test demo engine bench embed gpucheck-wheels proto clean
 setup: $(STAMP)
 
 # torch goes first and alone so that pip takes the pinned CPU wheel, never the CUDA build.
@@ -54,6 +55,12 @@ embed: $(STAMP)
 gpucheck-wheels: $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 		--python-version 3.11 -d build/gpucheck-wheels av==18.1.0 safetensors==0.8.0 tqdm==4.70.1
+
+# The generated module is committed, so that `pip install -e .[serve]` needs no build step and a fresh
+# CI machine nothing but requirements.txt; tests/test_grpc.py regenerates it and fails when it differs. Messages only: both sides call the method with bytes
+# (runtime/serve/messages.py), so no gRPC stub is generated.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. runtime/serve/restorer.proto
 
 clean:
 	rm -rf build exports engines/*.plan engines/.cache

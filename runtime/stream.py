@@ -9,6 +9,7 @@
   python -m runtime.stream --engine E rtsp://camera/live -o srt://host:9000 --input-option rtsp_transport=tcp
   python -m runtime.stream --engine E --benchmark
   python -m runtime.stream --serve auto in.mp4 -o out.mp4      (through a runtime.serve service on Ray)
+  python -m runtime.stream --serve grpcs://host:50051 --tls-ca ca.pem in.mp4 -o out.mp4   (its gRPC endpoint)
 
 Inputs: files, image sequences (folder or frames/%05d.png), "-" (raw RGB24 on stdin), URLs.
 Outputs: files (written to a temporary name, renamed when complete), image sequences, "-" (raw
@@ -57,8 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(the default)")
     m = p.add_argument_group("model")
     m.add_argument("--engine", help="bundle file (engines/<res>.plan) or export folder")
-    m.add_argument("--serve", metavar="ADDRESS", help="restore on a runtime.serve service in the Ray cluster at "
-                                                      "ADDRESS (auto, ray://HOST:10001) instead of loading a model")
+    m.add_argument("--serve", metavar="ADDRESS", help="restore on a runtime.serve service instead of loading a "
+                   "model: its gRPC endpoint (grpcs://HOST:PORT, grpc://HOST:PORT), or the Ray cluster it runs in "
+                   "(auto, HOST:6379, ray://HOST:10001); the token from SWIFTVR_SERVE_TOKEN or the token file")
+    m.add_argument("--tls-ca", help="--serve grpcs://: the CA certificate (PEM) that signed the endpoint's")
+    m.add_argument("--tls-cert", help="--serve grpcs://: this client's certificate (PEM), when the endpoint asks")
+    m.add_argument("--tls-key", help="--serve grpcs://: the key of --tls-cert (PEM)")
     m.add_argument("--backend", choices=BACKENDS, help="default: tensorrt for GPU bundles, onnxruntime for cpu "
                                                         "bundles and export folders")
     m.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when the backend has one)")
@@ -131,6 +136,10 @@ def check_args(a: argparse.Namespace) -> None:
     if a.serve and (a.engine or a.checkpoint or a.preset or a.benchmark):
         raise ValueError("--serve restores on the service's model: drop --engine / --checkpoint / --preset / "
                          "--benchmark")
+    if (a.tls_ca or a.tls_cert or a.tls_key) and not (a.serve or "").startswith("grpcs://"):
+        raise ValueError("--tls-ca / --tls-cert / --tls-key are for --serve grpcs://HOST:PORT")
+    if (a.tls_cert is None) != (a.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
     if a.input == "-" and not (a.raw_size and a.raw_fps):
         raise ValueError("reading raw RGB24 frames from stdin ('-') needs --raw-size WxH and --raw-fps RATE")
     _options(a.input_option, "--input-option")
@@ -286,7 +295,8 @@ def run(a: argparse.Namespace) -> int:
     def model_for(info):
         if a.serve:
             from .serve import RemoteModel
-            return RemoteModel(a.serve)
+            tls = {"tls_ca": a.tls_ca, "tls_cert": a.tls_cert, "tls_key": a.tls_key} if a.tls_ca or a.tls_cert else {}
+            return RemoteModel(a.serve, **tls)
         return load_model(a, (info.width, info.height))
 
     with StopSignals() as signals:

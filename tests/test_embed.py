@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.serve.common import yuv420p_to_rgb      # the gRPC endpoint's conversion: the C one must agree
 from test_runtime import SIZE, cpu_bundle, cpu_model, moving_frames, run_cli  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,19 +98,6 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     planes = [np.clip(np.round(p), 0, 255).astype(np.uint8).reshape(count, -1)
               for p in (y, u[:, ::2, ::2], v[:, ::2, ::2])]
     return np.concatenate(planes, axis=1)
-
-
-def yuv420p_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The conversion swiftvr.h documents, in numpy: BT.601 limited range, integer arithmetic."""
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    y = yuv[:, :width * height].reshape(-1, height, width).astype(np.int32)
-    u = yuv[:, width * height:width * height + cw * ch].reshape(-1, ch, cw).astype(np.int32)
-    v = yuv[:, width * height + cw * ch:].reshape(-1, ch, cw).astype(np.int32)
-    u = u.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
-    v = v.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
-    c = 298 * (y - 16)
-    rgb = np.stack([(c + 409 * v + 128) >> 8, (c - 100 * u - 208 * v + 128) >> 8, (c + 516 * u + 128) >> 8], -1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def test_yuv420p_input_is_the_documented_conversion(build, cpu_bundle):

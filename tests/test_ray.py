@@ -215,6 +215,20 @@ def service(cluster, cpu_bundle):
     ray.kill(router)
 
 
+def kill_and_wait(actor, seconds: float = 30) -> None:
+    """ray.kill returns before the actor's process is gone: until it is, a call may still be answered
+    by the dying actor. Wait until calls fail."""
+    ray.kill(actor)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.load.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the killed actor still answers after {seconds} s")
+
+
 def run_alone(client, frames):
     with client.open() as stream:
         return np.concatenate([stream.push(frames), stream.flush()])
@@ -248,7 +262,7 @@ def test_concurrent_streams_equal_each_alone_and_a_dead_replica_loses_only_its_s
     for stream in live:
         stream.push(clips[0][:4])
     doomed = live[0].replica
-    ray.kill(doomed)
+    kill_and_wait(doomed)
     for stream in live:
         if stream.replica == doomed:
             with pytest.raises(serve.StreamLost, match="state .* is gone"):

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import RuntimeSetupError
 from .common import (DEFAULT_TOKEN_FILE, NAMESPACE, OPEN_TIMEOUT_S, SERVICE, TOKEN_ENV, BadPush, Busy, Refused,
-                     ServeError, StreamLost, check_frames, check_token, env_token, read_token_file)
+                     ServeError, StreamLost, check_frames, check_token, env_token, model_spec, read_token_file)
 
 def read_token(token: str | None = None) -> str:
     """`token`, else SWIFTVR_SERVE_TOKEN, else the default token file (mode 0600)."""
@@ -21,13 +21,27 @@ def read_token(token: str | None = None) -> str:
                      f"({DEFAULT_TOKEN_FILE}, mode 600)")
 
 
-def connect(address: str | None = "auto", *, token: str | None = None, name: str = SERVICE) -> "Client":
-    """Join the Ray cluster at `address` ("auto", "HOST:6379", "ray://host:10001"; None: the one this
-    process is already in) and find the service `name`. Ray's token (~/.ray/auth_token) is sent
-    without RAY_AUTH_MODE=token exported (see batch.pool.send_ray_token)."""
+def connect(address: str | None = "auto", *, token: str | None = None, name: str = SERVICE, tls_ca=None,
+            tls_cert=None, tls_key=None):
+    """A client of the service at `address`:
+      grpcs://HOST:PORT, grpc://HOST:PORT   its gRPC endpoint (runtime.serve --listen): no access to the Ray
+                                            cluster needed. tls_ca: the CA (PEM file) that signed the
+                                            endpoint's certificate, when not a public one; tls_cert / tls_key:
+                                            this client's certificate, when the endpoint asks for one.
+      "auto", "HOST:6379", "ray://host:10001", None (the cluster this process is already in)
+                                            join the Ray cluster and find the service `name` (trusted code:
+                                            whoever joins the cluster can run anything on it). Ray's token
+                                            (~/.ray/auth_token) is sent without RAY_AUTH_MODE=token exported
+                                            (see batch.pool.send_ray_token).
+    Both give the same streams: client.open() -> push / flush / submit + result / close."""
+    token = read_token(token)
+    if address and address.startswith(("grpc://", "grpcs://")):
+        from .grpc_client import GrpcClient
+        return GrpcClient(address, token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    if tls_ca or tls_cert or tls_key:
+        raise ServeError("TLS options are for a gRPC endpoint (grpcs://HOST:PORT)")
     import ray
     from ..batch.pool import join_ray
-    token = read_token(token)
     if not ray.is_initialized():
         try:
             join_ray(address, namespace=NAMESPACE)
@@ -139,15 +153,15 @@ class Stream:
 
 class RemoteModel:
     """A model served by runtime.serve, as runtime.restore_video drives one: one stream opened on
-    the service, its spec the service's model."""
+    the service (on Ray or through its gRPC endpoint), its spec the service's model."""
 
-    def __init__(self, address: str, stream: Stream | None = None):
-        """address: of the cluster (connect()); stream: one already open there (default: a new one)."""
-        from ..spec import ModelSpec
-        self.stream = stream or connect(address).open()
-        fields = dict(self.stream.info["spec"])
-        fields["source"] = f"{fields['source']}, served by Ray replica {self.stream.info['pid']} at {address}"
-        self.spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    def __init__(self, address: str, stream=None, **connect_options):
+        """address: of the cluster or endpoint (connect(), with connect_options); stream: one already
+        open there (default: a new one)."""
+        self.stream = stream or connect(address, **connect_options).open()
+        info = self.stream.info
+        served_by = info.get("served_by") or f"Ray replica {info['pid']}"
+        self.spec = model_spec(info["spec"], f"{info['spec']['source']}, served by {served_by} at {address}")
 
     @property
     def default_in_flight(self) -> int:

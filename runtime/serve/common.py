@@ -1,5 +1,5 @@
-"""What the client, the replicas and the router share: names, limits, errors, the checks of a token
-and of a push."""
+"""What the clients, the replicas, the router and the gRPC endpoint share: names, limits, errors, the
+checks of a token and of a push, private files, the yuv420p conversion."""
 import os
 from pathlib import Path
 
@@ -51,6 +51,20 @@ def check_frames(frames, input_size: tuple[int, int], max_frames: int) -> str | 
     return None
 
 
+def yuv420p_to_rgb(yuv: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[T, bytes] yuv420p (ffmpeg's layout) -> uint8 [T, H, W, 3] RGB: BT.601 limited range, in integers,
+    the conversion runtime/c/swiftvr.c makes (tests/test_embed.py checks that they agree)."""
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    y = yuv[:, :width * height].reshape(-1, height, width).astype(np.int32)
+    u = yuv[:, width * height:width * height + cw * ch].reshape(-1, ch, cw).astype(np.int32)
+    v = yuv[:, width * height + cw * ch:].reshape(-1, ch, cw).astype(np.int32)
+    u = u.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
+    v = v.repeat(2, 1).repeat(2, 2)[:, :height, :width] - 128
+    c = 298 * (y - 16)
+    rgb = np.stack([(c + 409 * v + 128) >> 8, (c - 100 * u - 208 * v + 128) >> 8, (c + 516 * u + 128) >> 8], -1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
 def check_token(token, where: str) -> str:
     """The token, if it can be one: a short or empty token would open the service to guessing."""
     if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or not token.isascii() \
@@ -61,21 +75,45 @@ def check_token(token, where: str) -> str:
     return token
 
 
-def read_token_file(path: Path) -> str:
-    """The token in `path`: a file only its owner can read or write (as `chmod 600` leaves it)."""
+def read_file(path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ServeError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_private_file(path: Path, what: str = "the token file") -> bytes:
+    """The bytes of `path`: a file only its owner can read or write (as `chmod 600` leaves it)."""
     if not path.exists():
         raise ServeError(f"{path} is a symbolic link to nothing (a missing file, or a loop): remove it, or "
-                         f"link it to the token file")
+                         f"link it to {what}")
     if not path.is_file():
         raise ServeError(f"{path} is not a file")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ServeError(f"{path} can be read or changed by other users (mode {mode:04o}): chmod 600 {path}")
-    try:
-        token = path.read_text(errors="replace").strip()
-    except OSError as e:
-        raise ServeError(f"cannot read {path}: {e.strerror}") from None
-    return check_token(token, str(path))
+    return read_file(path, what)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (a private file, read_private_file)."""
+    return check_token(read_private_file(path).decode(errors="replace").strip(), str(path))
+
+
+def read_tokens_file(path: Path) -> list[str]:
+    """The tokens in `path` (a private file), one per line: one per client of the gRPC endpoint."""
+    lines = read_private_file(path, "the tokens file").decode(errors="replace").splitlines()
+    tokens = [check_token(line.strip(), f"{path} line {i + 1}") for i, line in enumerate(lines) if line.strip()]
+    if not tokens:
+        raise ServeError(f"{path} holds no token (one per line)")
+    return tokens
+
+
+def model_spec(spec: dict, source: str):
+    """A ModelSpec from its fields as a replica's info() gives them (lists for tuples), from `source`."""
+    from ..spec import ModelSpec
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return ModelSpec(**{**fields, "source": source})
 
 
 def env_token() -> str | None:

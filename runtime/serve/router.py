@@ -1,7 +1,7 @@
 """The router: a named, detached Ray actor that opens streams on replicas and replaces dead ones.
 
 Its calls: ready() -> dict (once every replica has loaded the model: {"replicas": n, **replica info}),
-open(token) -> {"id", "replica", "info"} | {"error": "refused" | "busy"}, shutdown(). It never waits
+open(token) -> {"id", "replica", "info"} | {"error": "refused" | "busy"}, replica_handles(), shutdown(). It never waits
 on a replica longer than CONTROL_TIMEOUT_S: a replica that does not answer in time is passed over.
 """
 import hmac
@@ -72,6 +72,10 @@ class Router:
             if stream_id:
                 return {"id": stream_id, "replica": replica, "info": self.info}
         return {"error": "busy"}
+
+    def replica_handles(self) -> list:
+        """The replicas (a dead one stays until an open() finds it): for operators and tests to ask load()."""
+        return list(self.replicas)
 
     def shutdown(self) -> None:
         import ray
