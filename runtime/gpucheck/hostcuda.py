@@ -186,7 +186,10 @@ class HostCudart:
         return SUCCESS, self._allocate(self.device_buffers, nbytes)
 
     def cudaFreeAsync(self, ptr, stream):
-        self._log("cudaFreeAsync")
+        return self._free("cudaFreeAsync", ptr)
+
+    def _free(self, call: str, ptr):
+        self._log(call)
         assert ptr in self.device_buffers, "freed twice or never allocated"
         del self.device_buffers[ptr]
         self.freed.append(ptr)
@@ -199,11 +202,7 @@ class HostCudart:
         return SUCCESS, ptr
 
     def cudaFree(self, ptr):
-        self._log("cudaFree")
-        assert ptr in self.device_buffers, "freed twice or never allocated"
-        del self.device_buffers[ptr]
-        self.freed.append(ptr)
-        return (SUCCESS,)
+        return self._free("cudaFree", ptr)
 
     def cudaMallocHost(self, nbytes):
         self._log("cudaMallocHost")
