@@ -29,8 +29,7 @@ from engines.memory import GIB, budget_text, fit_problem, gpu_plan, graph_memory
 
 # Weight streaming keeps the weights of the layer running and of the next one arriving on the GPU:
 # its scratch is estimated as two of the engine's largest weight tensors (TensorRT reports the real
-# figure, engine.weight_streaming_scratch_memory_size, only on a GPU: runtime.gpucheck's
-# weight_streaming check prints both).
+# figure, engine.weight_streaming_scratch_memory_size, only on a GPU; no check reads it yet).
 SCRATCH_TENSORS = 2
 # An FP8 DiT (python -m calibration) holds its quantized GEMM weights in 1 byte instead of 2.
 FP8_DIT_WEIGHT_FACTOR = 0.5
