@@ -5,7 +5,7 @@
 #   make engine RES=360p GPU=rtx5090 PRECISION=fp8 CALIB=clip.mp4   (GPU=cpu PRECISION=int8: ONNX Runtime)
 #                 [MIN_PSNR=40] [GROUPS="encoder.conv decoder.conv ..."]   which layer groups are quantized
 #                 [CALIB_RES=360p]   calibrate at that output size, apply the ranges at RES (e.g. RES=1080p)
-#   make engine ... REAE_SLICE=1                 run the ReAE in slices of 1 latent frame (less memory)
+#   make engine ... REAE_SLICE=N                 the ReAE in slices of N latent frames (0: whole chunks; cpu default 1)
 #   make engine RES=1080p GPU=rtx4070 VRAM=12     fit the GPU's memory: slices, shared buffers, weight streaming
 #   make bench [BENCH_ARGS=...]                  GPU benchmark of the torch backend (docs/benchmarks.md)
 #   make embed                                   libswiftvr (C ABI), swiftvr.hpp and examples in build/c

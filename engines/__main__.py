@@ -30,8 +30,8 @@ def main(argv=None) -> int:
                    help="TensorRT builder optimization level (default %(default)s)")
     p.add_argument("--reae-slice", type=int, metavar="LATENTS",
                    help="run the ReAE on a chunk in slices of this many latent frames (4 input frames each): its "
-                        "activations are then a slice's, not a whole chunk's (default: whole chunks where they fit "
-                        "the budget, else the largest slice that does)")
+                        "activations are then a slice's, not a whole chunk's; 0: whole chunks (default: 1 for cpu; for "
+                        "GPUs whole chunks where they fit the budget, else the largest slice that does)")
     p.add_argument("--vram", type=float, metavar="GB",
                    help="plan for this much GPU memory (a card's memory as sold: 8, 12, 16...; default: the profile's "
                         "card); the budget is that less the profile's reserve for the CUDA context and display")

@@ -96,7 +96,9 @@ def with_reae_slice(export: ExportFolder, latents: int) -> ExportFolder:
         elif graph.role == "decoder":
             graph = with_dim_max(graph, LATENTS, 2, latents)
         graphs.append(replace(spec, graph=graph))
-    return replace(export, graphs=graphs)
+    roles = {spec.role: spec.graph for spec in graphs}
+    return replace(export, graphs=graphs,
+                   contract=replace(export.contract, encoder=roles["encoder"], decoder=roles["decoder"]))
 
 
 def _graph_spec(folder: Path, graph: Graph) -> GraphSpec:

@@ -60,9 +60,9 @@ def reae_latents(export: ExportFolder) -> int:
 
 
 def slice_candidates(export: ExportFolder, fixed: int | None) -> list[int | None]:
-    """Whole chunks first, then ever smaller slices; only `fixed` when the user chose one."""
+    """Whole chunks first, then ever smaller slices; only `fixed` when the user chose one (0: whole)."""
     if fixed is not None:
-        return [fixed]
+        return [fixed or None]      # 0: whole chunks
     return [None, *range(reae_latents(export) - 1, 0, -1)]
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 
 from contract.bundle import BundleError, open_bundle
 from engines.flavours import INSTALL_HINTS, import_tensorrt, local_gpu
+from engines import host_memory
 from engines.memory import describe_plan, gpu_plan, plan_total
 from engines.profiles import PROFILES
 from contract.graphs import ContractError, contract_from_manifest
@@ -92,7 +93,12 @@ def memory_plan_lines(manifest) -> list[str]:
         return ["memory    not recorded (a bundle from before the memory plan: rebuild it with python -m engines)"]
     profile = PROFILES.get(manifest["target"]["gpu"])
     if manifest["target"]["flavour"] == "onnx":
-        return describe_plan(plan_total(entries), profile)
+        lines = describe_plan(plan_total(entries), profile)
+        host = manifest.get("host_memory")
+        if host:    # measured at build: the measurement is the plan, the estimate is shown beside it
+            estimate = lines[0].removeprefix("memory    ")
+            return host_memory.describe(host) + [f"          ONNX estimate, for comparison: {estimate}"]
+        return lines
     # The runtime lays out its context buffers as the plan did (contract/context_memory.py); bundles
     # from before the plan recorded overlap ran with it on.
     recorded = manifest.get("memory_plan") or {}

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                    help="dynamic (default): one DiT engine set for every latent-frame count, the weights once; "
                         "static: one shape-specialised set per count (the weights once per count)")
     p.add_argument("--reae-slice", type=int, metavar="LATENTS", help="latent frames per ReAE call (python -m engines "
-                   "--help); default: whole chunks")
+                   "--help); 0: whole chunks; default: 1 for cpu, what fits for a GPU")
     p.add_argument("--vram", type=float, metavar="GB", help="GPU memory to plan for (python -m engines --help); "
                    "default: the --gpu profile's card")
     p.add_argument("--out", help="bundle file (default engines/<res>.plan)")
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     from .__main__ import main as engines_main
     engines_argv = ["--export", str(export_dir), "--gpu", profile.name, "--precision", precision]
     engines_argv += ["--out", args.out] if args.out else []
-    engines_argv += ["--reae-slice", str(args.reae_slice)] if args.reae_slice else []
+    engines_argv += ["--reae-slice", str(args.reae_slice)] if args.reae_slice is not None else []
     engines_argv += ["--vram", str(args.vram)] if args.vram else []
     engines_argv += ["--force"] if args.force else []
     engines_argv += ["--cache", args.cache] if args.cache else []

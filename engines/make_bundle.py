@@ -31,6 +31,7 @@ from swiftvr.config import PRECISION_DTYPES
 
 from engines.build import build_engines
 from contract.bundle import write_bundle
+from engines import host_memory
 from engines.cache import DEFAULT_CACHE_DIR
 from engines.export_folder import (ExportFolder, count_attention_nodes, graph_files, graph_sha256,
                                    load_graph_proto, read_export, sha256_file, weight_bytes,
@@ -165,12 +166,18 @@ def _what(fit) -> str:
         (", DiT weight streaming" if fit.streaming else "")
 
 
+# A cpu bundle runs the ReAE one latent frame (4 input frames) per call unless told otherwise: at
+# 704x576 that needs 2.3 GiB of host memory instead of 12.6 GiB for whole chunks, and runs no slower
+# (docs/benchmarks.md "Host memory"): ONNX Runtime's convolutions gain nothing from the longer batch.
+CPU_REAE_SLICE = 1
+
+
 def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, cache_dir=DEFAULT_CACHE_DIR,
                 force: bool = False, optimization_level: int = 3, reae_slice: int | None = None,
                 vram_gb: float | None = None) -> tuple[Path, dict, list]:
     """Build (or take from the cache) every engine of the export for `gpu`; write the bundle.
-    reae_slice: latent frames per ReAE call (None: a whole chunk per call); see with_reae_slice. For
-    GPU profiles engines/fit.py chooses it when not given, with the context sharing and weight
+    reae_slice: latent frames per ReAE call (0: a whole chunk per call; None: CPU_REAE_SLICE for cpu
+    bundles); see with_reae_slice. For GPU profiles engines/fit.py chooses it when not given, with the context sharing and weight
     streaming, to fit the budget: the profile's, or vram_gb (GB of GPU memory) less its reserve.
 
     Returns (bundle path, manifest as written, EngineResult list; empty for cpu).
@@ -178,13 +185,15 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
     profile = get_profile(gpu)
     budget_gb = memory_budget(profile, vram_gb)
     whole = export = read_export(export_dir)
-    if reae_slice is not None:
+    if profile.flavour == "onnx" and reae_slice is None:
+        reae_slice = CPU_REAE_SLICE
+    if reae_slice:      # 0: whole chunks, chosen by the user
         export = with_reae_slice(export, reae_slice)
     precision = check_export_precision(export, precision, profile)
     quantization = quantization_record(export, profile)
     out = Path(out) if out else default_out(export)
 
-    engines, members, results = [], [], []
+    engines, members, results, host = [], [], [], None
     if profile.flavour == "onnx":
         builder = {"flavour": "onnx", "module": "onnxruntime", "version": None,
                    "settings": {"note": "no engines: the ONNX graphs themselves, for ONNX Runtime"}}
@@ -197,6 +206,10 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
             engines.append(_engine_entry(spec, spec.path.name, [f.name for f in files], graph_sha256(spec),
                                          summary, None, engine_memory(spec, summary["weight_bytes"], None)))
         memory_plan = check_fits([e["memory"] for e in engines], profile, f"{out} for {gpu}")
+        # The bundle runs on this machine: measure what it needs (engines/host_memory.py).
+        print(f"measuring host memory: the largest chunk ({export.meta['chunk']['clip_len'] + 4} frames) through "
+              f"the graphs in a child process", file=sys.stderr)
+        host = host_memory.plan_or_reason(export.path, reae_slice, memory_plan, export.meta["chunk"]["clip_len"])
     else:
         plan_fit = dict(profile=profile, budget_gb=budget_gb, card_gb=vram_gb or profile.memory_gb,
                         fp8_advice="fp8" in quantizations(profile) and not quantization and precision != "fp32")
@@ -223,6 +236,8 @@ def make_bundle(export_dir, gpu: str, precision: str | None = None, out=None, ca
         "engines": engines,
         "memory_plan": memory_plan,
     }
+    if host:
+        manifest["host_memory"] = host
     if quantization:
         manifest["quantization"] = quantization
     contract_from_manifest(manifest, str(out))   # the runtime can build its plan from what is written

@@ -6,28 +6,29 @@ from test_runtime import SIZE, UINT8_TOL, UINT8_TOL_FRACTION, cpu_bundle, moving
 
 
 @pytest.fixture(scope="module")
-def sliced_bundle(cpu_bundle, tmp_path_factory):
-    """The cpu test bundle's export, bundled with the ReAE in slices of one latent frame."""
+def whole_bundle(cpu_bundle, tmp_path_factory):
+    """The cpu test bundle's export, bundled with the ReAE on whole chunks (--reae-slice 0); the
+    test bundle itself has the cpu default, slices of one latent frame."""
     from contract.bundle import read_manifest
     from engines.make_bundle import make_bundle
     export_dir = cpu_bundle.parent.parent / "export"
-    out = tmp_path_factory.mktemp("sliced") / "tiny-s1.plan"
-    make_bundle(export_dir, "cpu", out=out, reae_slice=1)
+    out = tmp_path_factory.mktemp("whole") / "tiny-whole.plan"
+    make_bundle(export_dir, "cpu", out=out, reae_slice=0)
     return out, read_manifest(out)
 
 
-def test_the_slice_is_the_engines_range_and_the_chain_follows_it(sliced_bundle, cpu_bundle):
+def test_the_slice_is_the_engines_range_and_the_chain_follows_it(whole_bundle, cpu_bundle):
     from contract.graphs import contract_from_manifest
     from contract.bundle import read_manifest
-    out, manifest = sliced_bundle
-    sliced, whole = contract_from_manifest(manifest, "s"), contract_from_manifest(read_manifest(cpu_bundle), "w")
-    assert (sliced.encoder_frames_per_call, sliced.decoder_latents_per_call) == (4, 1)
+    from engines.make_bundle import CPU_REAE_SLICE
+    manifest = read_manifest(cpu_bundle)      # the cpu default
+    sliced, whole = contract_from_manifest(manifest, "s"), contract_from_manifest(whole_bundle[1], "w")
+    assert CPU_REAE_SLICE == 1 and (sliced.encoder_frames_per_call, sliced.decoder_latents_per_call) == (4, 1)
     assert (whole.encoder_frames_per_call, whole.decoder_latents_per_call) == (12, 3)    # clip_len 8: 8 + 4 frames
     encoder = next(e for e in manifest["engines"] if e["role"] == "encoder")
     assert encoder["dynamic"]["T"] == {"min": 4, "opt": 4, "max": 4} and encoder["inputs"][0]["max"][0] == 4
     # The activations planned are a slice's: less than a whole chunk's.
-    whole_plan = read_manifest(cpu_bundle)["memory_plan"]["activation_bytes"]
-    assert manifest["memory_plan"]["activation_bytes"] < whole_plan
+    assert manifest["memory_plan"]["activation_bytes"] < whole_bundle[1]["memory_plan"]["activation_bytes"]
 
 
 class CountingRunner:
@@ -44,7 +45,7 @@ class CountingRunner:
         return getattr(self.runner, name)
 
 
-def test_sliced_reae_equals_whole_chunks(sliced_bundle, cpu_bundle):
+def test_sliced_reae_equals_whole_chunks(whole_bundle, cpu_bundle):
     """A FIRST chunk (12 frames, 3 latents) encoded and decoded in three slices, with the state carried,
     against one call each. The same convolutions on fewer frames: only the kernels' blocking differs
     with the size (float32 summation order), so latents and states agree to ONNX Runtime's fp32 rung
@@ -55,7 +56,7 @@ def test_sliced_reae_equals_whole_chunks(sliced_bundle, cpu_bundle):
     import onnxruntime as ort
     from contract.onnxruntime import SessionRunner, bundle_session, session_options
     results = {}
-    for name, path in (("whole", cpu_bundle), ("sliced", sliced_bundle[0])):
+    for name, path in (("whole", whole_bundle[0]), ("sliced", cpu_bundle)):
         with open_bundle(path) as bundle:
             contract = contract_from_manifest(bundle.manifest, name)
             sessions = {e["name"]: bundle_session(bundle, e["member"], e["files"], session_options(ort),
@@ -79,13 +80,55 @@ def test_sliced_reae_equals_whole_chunks(sliced_bundle, cpu_bundle):
     assert diff.max() <= UINT8_TOL and (diff > 0).mean() <= UINT8_TOL_FRACTION
 
 
-def test_a_sliced_bundle_streams_a_clip_like_the_whole_one(sliced_bundle, cpu_bundle):
+def test_a_sliced_bundle_streams_a_clip_like_the_whole_one(whole_bundle, cpu_bundle):
     from runtime import Session, load_bundle
     frames = moving_frames(29, *SIZE, seed=3)          # FIRST, MIDDLE, LAST chunks
     outputs = []
-    for path in (cpu_bundle, sliced_bundle[0]):
+    for path in (whole_bundle[0], cpu_bundle):
         with Session(load_bundle(path)) as session:
             outputs.append(np.concatenate([session.push(frames), session.flush()]))
     diff = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
     assert outputs[0].shape == outputs[1].shape == (29, 2 * SIZE[1], 2 * SIZE[0], 3)
     assert diff.max() <= UINT8_TOL and (diff > 0).mean() <= UINT8_TOL_FRACTION
+
+
+def test_every_session_allocates_from_one_shared_cpu_arena():
+    """An arena per InferenceSession kept three graphs' peaks resident side by side (15.1 GiB at
+    704x576 against 2.2 with one arena and slices: docs/benchmarks.md "Host memory"): every session
+    the project makes takes its CPU memory from the one arena registered in the environment."""
+    import onnxruntime as ort
+    from contract.onnxruntime import session_options
+    first, second = session_options(ort), session_options(ort, threads=1)
+    assert first.get_session_config_entry("session.use_env_allocators") == "1"
+    assert second.get_session_config_entry("session.use_env_allocators") == "1"
+
+
+def test_a_cpu_bundle_carries_its_measured_host_memory_and_inspect_shows_it(cpu_bundle):
+    """make_bundle measures a cpu bundle in a child process (loads, then runs the largest chunk) and
+    the manifest keeps it: the loaded graphs are at least their weights, the total adds the frames a
+    stream holds in flight."""
+    import subprocess
+    from contract.bundle import read_manifest
+    from test_runtime import PY, REPO
+    manifest = read_manifest(cpu_bundle)
+    host = manifest["host_memory"]
+    measured = host["measured"]
+    weights = sum(e["memory"]["engine_bytes"] for e in manifest["engines"])
+    assert measured["chunk_frames"] == manifest["chunk"]["clip_len"] + 4
+    assert measured["peak_bytes"] >= measured["loaded_bytes"] >= weights
+    assert host["total_bytes"] == measured["peak_bytes"] + host["frames_bytes"] > measured["peak_bytes"]
+    shown = subprocess.run([PY, "-m", "engines.inspect", str(cpu_bundle)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"memory    host: {host['total_bytes'] / 2**30:.2f} GiB per stream" in shown.stdout
+    assert "ONNX estimate" in shown.stdout
+
+
+def test_host_memory_is_not_measured_where_measuring_could_exhaust_the_machine(monkeypatch, tmp_path):
+    from engines import host_memory
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 4 * 2**30)
+    plan = host_memory.plan_or_reason(tmp_path, None, {"total_bytes": 2 * 2**30}, 8)
+    assert "not_measured" in plan and "--reae-slice 1" in plan["not_measured"]
+    # Advice only where it would change the outcome: a bundle already in slices of one gets none.
+    assert "--reae-slice" not in host_memory.plan_or_reason(tmp_path, 1, {"total_bytes": 2 * 2**30}, 8)["not_measured"]
+    assert host_memory.describe(plan)[0].startswith("memory    host: not measured at build (the ONNX estimate (2.0 GiB)")
