@@ -195,6 +195,17 @@ def with_dim_max(graph: Graph, tensor: str, axis: int, most: int) -> Graph:
     return replace(graph, dynamic={**graph.dynamic, dim: capped})
 
 
+
+def with_reae_slice(contract: Contract, latents: int) -> Contract:
+    """The contract with its encoder taking at most 4 * `latents` frames per call and its decoder at
+    most `latents` latent frames: contract/chain.py then runs a chunk's ReAE in slices of that many,
+    the state carried from slice to slice, so the activations are a slice's, not a whole chunk's.
+    The one place a slice is applied: bundles (engines), export.verify and calibration call it."""
+    if latents < 1:
+        raise ContractError(f"the ReAE slice must be at least 1 latent frame (4 input frames), got {latents}")
+    return replace(contract, encoder=with_dim_max(contract.encoder, FRAMES, 0, 4 * latents),
+                   decoder=with_dim_max(contract.decoder, LATENTS, 2, latents))
+
 # ---- building one ------------------------------------------------------------------------------
 
 def make_contract(encoder: Graph, dit: dict, decoder: Graph, latent_frames, where: str) -> Contract:

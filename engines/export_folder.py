@@ -10,7 +10,8 @@ from pathlib import Path
 import onnx
 
 from contract.files import sha256_file
-from contract.graphs import FRAMES, LATENTS, Contract, Graph, read_export_json, with_dim_max
+from contract.graphs import Contract, ContractError, Graph, read_export_json
+from contract.graphs import with_reae_slice as contract_reae_slice
 
 # Bytes per element of the ONNX initializer types a SwiftVR export can hold.
 _ONNX_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -84,21 +85,15 @@ def read_export(path) -> ExportFolder:
 
 def with_reae_slice(export: ExportFolder, latents: int) -> ExportFolder:
     """The export with its encoder built for at most 4 * `latents` frames per call and its decoder for
-    at most `latents` latent frames: the runtime then runs a chunk's ReAE in slices of that many
-    (contract/chain.py), so its activations are those of a slice, not of a whole chunk."""
-    if latents < 1:
-        raise ValueError(f"--reae-slice must be at least 1 latent frame (4 input frames), got {latents}")
-    graphs = []
-    for spec in export.graphs:
-        graph = spec.graph
-        if graph.role == "encoder":
-            graph = with_dim_max(graph, FRAMES, 0, 4 * latents)
-        elif graph.role == "decoder":
-            graph = with_dim_max(graph, LATENTS, 2, latents)
-        graphs.append(replace(spec, graph=graph))
-    roles = {spec.role: spec.graph for spec in graphs}
-    return replace(export, graphs=graphs,
-                   contract=replace(export.contract, encoder=roles["encoder"], decoder=roles["decoder"]))
+    at most `latents` latent frames (contract.graphs.with_reae_slice): the runtime then runs a chunk's
+    ReAE in slices of that many, so its activations are those of a slice, not of a whole chunk."""
+    try:
+        contract = contract_reae_slice(export.contract, latents)
+    except ContractError as e:
+        raise ValueError(f"--reae-slice: {e}") from None
+    roles = {"encoder": contract.encoder, "decoder": contract.decoder}
+    graphs = [replace(spec, graph=roles.get(spec.role, spec.graph)) for spec in export.graphs]
+    return replace(export, graphs=graphs, contract=contract)
 
 
 def _graph_spec(folder: Path, graph: Graph) -> GraphSpec:

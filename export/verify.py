@@ -11,6 +11,10 @@
      run as contract.chunks.ChunkPlanner plans it, against swiftvr.pipeline.Restorer (protocol "full").
    The graphs run as every stage runs them: contract/chain.py's GraphChain (and its run_stream) over
    contract/onnxruntime.py's sessions.
+   The ReAE runs in slices of --reae-slice latent frames per call on both sides (default 1, as the
+   runtime's cpu bundles run it; 0: whole chunks, as a GPU bundle that needs no slices runs it), the
+   state carried from slice to slice. A slice's activations, not a whole chunk's, are what ONNX
+   Runtime and torch hold at once: whole chunks of a 720p export took more than this 24 GiB machine.
    ONNX Runtime's CPU kernels have no bf16 (Conv, MatMul, ...): a bf16 graph runs with every bf16
    tensor widened to float32, which checks its wiring and its bf16-rounded weights and constants
    but not bf16 arithmetic; the output says so. fp32 and fp16 graphs run as they are.
@@ -25,7 +29,7 @@ import numpy as np
 import onnx
 
 from contract.chain import GraphChain, host_dtype, run_stream
-from contract.graphs import LATENTS, ContractError, contract_from_json, read_export_json
+from contract.graphs import LATENTS, ContractError, contract_from_json, read_export_json, with_reae_slice
 from contract.onnxruntime import SessionRunner, export_sessions
 from .onnx_graph import CONTROL_FLOW
 from .settings import OPSET, ExportError
@@ -153,10 +157,13 @@ def _weight_bytes_by_type(model: onnx.ModelProto) -> dict:
 
 # ---- ONNX Runtime -------------------------------------------------------------------------------
 
-def export_chain(folder: Path, meta: dict) -> GraphChain:
+def export_chain(folder: Path, meta: dict, reae_slice: int = 0) -> GraphChain:
     """The export's graphs in ONNX Runtime (CPU) sessions, chained as the runtime chains them; a bf16
-    export runs widened to float32 (ONNX Runtime's CPU kernels have no bf16)."""
+    export runs widened to float32 (ONNX Runtime's CPU kernels have no bf16). reae_slice: latent frames
+    per ReAE call (0: whole chunks)."""
     contract = contract_from_json(meta, "export.json")
+    if reae_slice:
+        contract = with_reae_slice(contract, reae_slice)
     sessions = export_sessions(folder, contract, widen=meta["precision"] == "bf16")
     return GraphChain(contract, SessionRunner(sessions))
 
@@ -166,7 +173,7 @@ def export_chain(folder: Path, meta: dict) -> GraphChain:
 class TorchReference:
     """The same computations in torch float32 (what the pipeline does), per graph."""
 
-    def __init__(self, meta: dict):
+    def __init__(self, meta: dict, reae_slice: int = 0):
         import torch
         from contract.sizes import frame_geometry
         from .weights import source_from_manifest
@@ -178,12 +185,13 @@ class TorchReference:
         self.model = source.torch_model()
         self.geometry = frame_geometry(tuple(meta["input_size"]), tuple(meta["output_size"]))
         self.cond = self.model.transformer.conditioning(self.model.prompt_emb)
+        self.reae_slice = reae_slice
 
     def encode(self, frames: np.ndarray, state: dict):
-        from swiftvr.pipeline import preprocess
+        from swiftvr.pipeline import encode_in_slices, preprocess
         with self.torch.no_grad():
             x = preprocess(self.torch.from_numpy(frames), self.geometry, self.torch.float32)
-            latents, new = self.model.reae.encode(x, self._state(state))
+            latents, new = encode_in_slices(self.model.reae, x, self._state(state), self.reae_slice)
         return latents.transpose(1, 2).numpy(), {f"state_in.{k}": v.numpy() for k, v in new.items()}
 
     def dit(self, latents: np.ndarray, boundaries: list[int]):
@@ -199,16 +207,17 @@ class TorchReference:
         return restored.numpy(), hidden
 
     def decode(self, latents: np.ndarray, state: dict):
-        from swiftvr.pipeline import to_uint8
+        from swiftvr.pipeline import decode_in_slices, to_uint8
         with self.torch.no_grad():
             z = self.torch.from_numpy(np.asarray(latents, np.float32)).transpose(1, 2)
-            frames, new = self.model.reae.decode(z, self._state(state))
+            frames, new = decode_in_slices(self.model.reae, z, self._state(state), self.reae_slice)
         frames = to_uint8(frames, self.geometry, rounding=True).numpy()
         return frames, {f"state_in.{k}": v.numpy() for k, v in new.items()}
 
     def stream(self, video: np.ndarray, clip_len: int, overlap: int) -> np.ndarray:
         from swiftvr.pipeline import RestoreSettings, Restorer
-        restorer = Restorer(self.model, self.geometry.input_size, RestoreSettings(clip_len, overlap, "full"),
+        restorer = Restorer(self.model, self.geometry.input_size,
+                            RestoreSettings(clip_len, overlap, "full", reae_slice=self.reae_slice),
                             output_size=self.geometry.output_size)
         with self.torch.no_grad():
             return self.torch.cat([restorer.push(self.torch.from_numpy(video)), restorer.flush()]).numpy()
@@ -219,13 +228,21 @@ class TorchReference:
 
 # ---- numeric checks -----------------------------------------------------------------------------
 
-def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 4) -> list[Result]:
+def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 4, reae_slice: int = 0,
+                  report=None) -> list[Result]:
+    """The numeric checks; reae_slice: latent frames per ReAE call on both sides (0: whole chunks);
+    report: called with each Result as it is made (a 1080p check takes many minutes)."""
     tol = TOLERANCES[meta["precision"]]
-    chain = export_chain(folder, meta)
+    chain = export_chain(folder, meta, reae_slice)
     latent_dtype = host_dtype(chain.contract.encoder.tensor(LATENTS).dtype)
-    ref = TorchReference(meta)
+    ref = TorchReference(meta, reae_slice)
     rng = np.random.default_rng(seed)
     chunk, results = meta["chunk"], []
+
+    def add(result: Result) -> None:
+        results.append(result)
+        if report:
+            report(result)
     width, height = meta["input_size"]
 
     def frames(count):
@@ -242,8 +259,9 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
         x = frames(count)
         latents, new = chain.encode(x, state)
         want, want_state = ref.encode(x, state)
-        results.append(compare_arrays(f"encoder T={count} latents", "latents", latents, want, tol))
-        results.append(_worst_state(f"encoder T={count} state", new, want_state, tol))
+        calls = _calls(count, chain.contract.encoder_frames_per_call)
+        add(compare_arrays(f"encoder T={count}{calls} latents", "latents", latents, want, tol))
+        add(_worst_state(f"encoder T={count}{calls} state", new, want_state, tol))
 
     # DiT: every latent count, every part boundary
     latent_w, latent_h = meta["latent_size"]
@@ -254,8 +272,8 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
         parts = chain.contract.chain(count)
         want, want_hidden = ref.dit(z_graph.astype(np.float32), [p.blocks[1] for p in parts[:-1]])
         for name in want_hidden:
-            results.append(compare_arrays(f"dit F={count} {name}", "hidden", hidden[name], want_hidden[name], tol))
-        results.append(compare_arrays(f"dit F={count} restored", "latents", restored, want, tol))
+            add(compare_arrays(f"dit F={count} {name}", "hidden", hidden[name], want_hidden[name], tol))
+        add(compare_arrays(f"dit F={count} restored", "latents", restored, want, tol))
 
     # decoder: 1 latent and the longest chunk
     for count in (1, max(chunk["decoder_latent_frames"])):
@@ -263,9 +281,10 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
         z = rng.standard_normal((1, 48, count, latent_h, latent_w)).astype(latent_dtype)
         out, new = chain.decode(z, state)
         want, want_state = ref.decode(z.astype(np.float32), state)
-        results.append(compare_arrays(f"decoder n={count} frames", "frames", out, want, tol,
+        calls = _calls(count, chain.contract.decoder_latents_per_call)
+        add(compare_arrays(f"decoder n={count}{calls} frames", "frames", out, want, tol,
                                       f"{np.mean(out != want):.2%} of values differ"))
-        results.append(_worst_state(f"decoder n={count} state", new, want_state, tol))
+        add(_worst_state(f"decoder n={count}{calls} state", new, want_state, tol))
 
     # a stream: FIRST, MIDDLE x (stream_chunks - 2), LAST, with state carried chunk to chunk
     clip_len, overlap = chunk["clip_len"], chunk["dit_overlap"]
@@ -274,9 +293,15 @@ def check_numbers(folder: Path, meta: dict, seed: int = 0, stream_chunks: int = 
     got, chunks = run_stream(chain, video, clip_len, overlap)
     want = ref.stream(video, clip_len, overlap)
     kinds = "".join(c.kind[0] for c in chunks)
-    results.append(compare_arrays(f"stream {total} frames ({len(chunks)} chunks: {kinds})", "frames", got, want,
+    add(compare_arrays(f"stream {total} frames ({len(chunks)} chunks: {kinds})", "frames", got, want,
                                   tol, f"{np.mean(got != want):.2%} of values differ"))
     return results
+
+
+def _calls(count: int, per_call: int) -> str:
+    """" (3 calls)" where a ReAE check ran in slices, else nothing."""
+    calls = -(-count // per_call)
+    return f" ({calls} calls)" if calls > 1 else ""
 
 
 def _worst_state(name, got: dict, want: dict, tol) -> Result:
@@ -294,7 +319,8 @@ def read_manifest(folder: Path) -> dict:
         raise ExportError(str(e)) from None
 
 
-def verify_export(folder: str | Path, structure_only: bool = False, seed: int = 0, stream_chunks: int = 4) -> bool:
+def verify_export(folder: str | Path, structure_only: bool = False, seed: int = 0, stream_chunks: int = 4,
+                  reae_slice: int = 1) -> bool:
     """Print the report of an export's checks against torch; True when every check holds."""
     folder = Path(folder)
     meta = read_manifest(folder)
@@ -303,15 +329,20 @@ def verify_export(folder: str | Path, structure_only: bool = False, seed: int = 
     if structure_only:
         print("PASS (structure only)" if not problems else f"FAIL: {len(problems)} structure problem(s)")
         return not problems
-    results = check_numbers(folder, meta, seed, stream_chunks)
+    print(f"numbers: the ReAE in slices of {reae_slice} latent frame{'s' if reae_slice > 1 else ''} per call (4x as "
+          f"many input frames), the state carried" if reae_slice else "numbers: the ReAE on whole chunks (--reae-slice 0)",
+          flush=True)
     if meta["precision"] == "bf16":
-        print("ONNX Runtime (CPU) has no bf16 kernels: bf16 graphs ran with every bf16 tensor widened to float32 "
+        print("ONNX Runtime (CPU) has no bf16 kernels: bf16 graphs run with every bf16 tensor widened to float32 "
               "(checks wiring and the bf16-rounded weights/constants, not bf16 arithmetic).")
-    print(f"ONNX Runtime vs torch float32 ({meta['precision']} graphs):")
-    print(f"  {'check':<48}{'max err':>11}{'mean err':>11}{'tolerance':>11}")
-    for r in results:
+    print(f"ONNX Runtime vs torch float32 ({meta['precision']} graphs), each line as its check ends:")
+    print(f"  {'check':<48}{'max err':>11}{'mean err':>11}{'tolerance':>11}", flush=True)
+
+    def report(r: Result) -> None:
         print(f"  {r.name:<48}{r.max_err:>11.3g}{r.mean_err:>11.3g}{r.tolerance:>11.3g}  "
-              f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}")
+              f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}", flush=True)
+
+    results = check_numbers(folder, meta, seed, stream_chunks, reae_slice, report)
     failed = [r for r in results if not r.ok]
     print("PASS" if not failed and not problems else f"FAIL: {len(problems)} structure problem(s), "
           f"{len(failed)} tolerance(s) exceeded")
@@ -325,9 +356,15 @@ def main(argv=None) -> int:
                         help="only the structural checks (any size: loads no weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--chunks", type=int, default=4, help="chunks in the stream check (>= 3)")
+    parser.add_argument("--reae-slice", type=int, default=1, metavar="N",
+                        help="latent frames per ReAE call on both sides (default 1: as cpu bundles run it, and what "
+                             "keeps a 1080p export's check within a 24 GiB machine; 0: whole chunks)")
     args = parser.parse_args(argv)
+    if args.reae_slice < 0:
+        parser.error(f"--reae-slice must be 0 (whole chunks) or a number of latent frames, got {args.reae_slice}")
     try:
-        return 0 if verify_export(args.folder, args.structure_only, args.seed, max(3, args.chunks)) else 1
+        return 0 if verify_export(args.folder, args.structure_only, args.seed, max(3, args.chunks),
+                                  args.reae_slice) else 1
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,10 +32,13 @@ class RestoreSettings:
     clip_len: int = 24
     dit_overlap: int = 0
     protocol: str = "full"
+    reae_slice: int = 0          # latent frames per ReAE call (0: a whole chunk per call)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.reae_slice < 0:
+            raise ValueError(f"reae_slice must be 0 (whole chunks) or a number of latent frames, got {self.reae_slice}")
 
     @property
     def reference(self) -> bool:
@@ -64,6 +67,31 @@ def to_uint8(frames: torch.Tensor, geom: FrameGeometry, rounding: bool = True) -
     x = (frames[0, :, :, :out_h, :out_w].float() * 255.0).clamp(0, 255)
     x = torch.round(x) if rounding else torch.trunc(x)
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def encode_in_slices(reae, x: torch.Tensor, state, latents_per_call: int = 0):
+    """reae.encode of frames [N, T, 3, H, W] in calls of 4 * latents_per_call frames, the boundary
+    state handed from call to call as from chunk to chunk (0: one call). The ReAE is causal, so this is
+    the whole call up to the kernels' choice of algorithm per size; the activations are a slice's."""
+    step = 4 * latents_per_call
+    if not step or x.shape[1] <= step:
+        return reae.encode(x, state)
+    pieces = []
+    for start in range(0, x.shape[1], step):
+        latents, state = reae.encode(x[:, start:start + step], state)
+        pieces.append(latents)
+    return torch.cat(pieces, dim=1), state
+
+
+def decode_in_slices(reae, z: torch.Tensor, state, latents_per_call: int = 0):
+    """reae.decode of latents [N, n, 48, h, w] in calls of latents_per_call latents (as encode_in_slices)."""
+    if not latents_per_call or z.shape[1] <= latents_per_call:
+        return reae.decode(z, state)
+    pieces = []
+    for start in range(0, z.shape[1], latents_per_call):
+        frames, state = reae.decode(z[:, start:start + latents_per_call], state)
+        pieces.append(frames)
+    return torch.cat(pieces, dim=1), state
 
 
 class Restorer:
@@ -119,7 +147,7 @@ class Restorer:
     # ---- contract.chunks.ChunkOps on torch tensors ------------------------------------------------
     def encode(self, frames, state):
         x = preprocess(frames, self.geom, self.dtype)
-        lq, state = self.model.reae.encode(x, state)                 # [1, n, 48, h, w]
+        lq, state = encode_in_slices(self.model.reae, x, state, self.settings.reae_slice)   # [1, n, 48, h, w]
         return lq.transpose(1, 2), state                             # DiT layout [1, 48, n, h, w]
 
     def dit(self, latents, chunk: Chunk):
@@ -128,7 +156,7 @@ class Restorer:
         return self.model.transformer.restore(latents, self.cond, self._grid_plan(latents.shape, t_offset))
 
     def decode(self, latents, state):
-        return self.model.reae.decode(latents.transpose(1, 2), state)
+        return decode_in_slices(self.model.reae, latents.transpose(1, 2), state, self.settings.reae_slice)
 
     def emit(self, frames, start: int, count: int):
         frames = frames[:, start:start + count]

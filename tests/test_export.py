@@ -276,6 +276,20 @@ def test_stream_of_four_chunks_matches_restorer(fp32_numbers):
     assert_within(fp32_numbers, "stream")
 
 
+def test_verify_cli_runs_the_reae_in_slices(fp32_export, capsys):
+    """The CLI's default: the ReAE in slices of one latent frame on both sides, the state carried (what
+    keeps a 720p or 1080p export's check within a 24 GiB machine: docs/benchmarks.md). Every check
+    holds the fp32 tolerances, and the longest chunks ran as slices: 12 frames and 3 latents, 3 calls."""
+    from export.verify import main as verify_main
+    assert verify_main([str(fp32_export), "--chunks", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "slices of 1 latent frame per call" in out and out.rstrip().endswith("PASS")
+    assert "encoder T=12 (3 calls) latents" in out and "decoder n=3 (3 calls) frames" in out
+    with pytest.raises(SystemExit):
+        verify_main([str(fp32_export), "--reae-slice", "-1"])
+    assert "--reae-slice must be 0" in capsys.readouterr().err
+
+
 def test_verification_catches_a_wrong_graph(fp32_export, tmp_path):
     """Guards the checks above: a DiT part with one weight changed must fail."""
     m = manifest(fp32_export)

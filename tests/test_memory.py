@@ -80,6 +80,33 @@ def test_sliced_reae_equals_whole_chunks(whole_bundle, cpu_bundle):
     assert diff.max() <= UINT8_TOL and (diff > 0).mean() <= UINT8_TOL_FRACTION
 
 
+def test_torch_reae_in_slices_equals_whole_calls():
+    """The torch side of the same: encode_in_slices / decode_in_slices (export.verify's reference and
+    Restorer's reae_slice) hand the state from slice to slice. 12 frames in 3 calls vs 1, then 3
+    latents in 3 calls vs 1: float32 agreement at the fp32 rung (kernel blocking differs with the
+    size; measured ~1e-6), and the states equal in the same way."""
+    import torch
+    from export.weights import random_source
+    from swiftvr.pipeline import decode_in_slices, encode_in_slices
+    reae = random_source("tiny", 0).reae().eval()
+    x = torch.rand(1, 12, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole, whole_state = reae.encode(x, None)
+        sliced, sliced_state = encode_in_slices(reae, x, None, 1)
+        assert sliced.shape == whole.shape == (1, 3, 48, 2, 3)
+        assert (sliced - whole).abs().max() < 1e-4
+        assert max((sliced_state[k] - whole_state[k]).abs().max() for k in whole_state) < 1e-4
+        frames, frames_state = reae.decode(whole, None)
+        frames_sliced, sliced_state = decode_in_slices(reae, whole, None, 1)
+        assert frames_sliced.shape == frames.shape == (1, 12, 3, 32, 48)
+        assert (frames_sliced - frames).abs().max() < 1e-4
+        assert max((sliced_state[k] - frames_state[k]).abs().max() for k in frames_state) < 1e-4
+    # Slices change nothing when a call is no longer than a slice, and 0 means whole calls.
+    assert encode_in_slices(reae, x[:, :4], None, 1)[0].shape == (1, 1, 48, 2, 3)
+    with torch.no_grad():
+        assert torch.equal(encode_in_slices(reae, x, None, 0)[0], whole)
+
+
 def test_a_sliced_bundle_streams_a_clip_like_the_whole_one(whole_bundle, cpu_bundle):
     from runtime import Session, load_bundle
     frames = moving_frames(29, *SIZE, seed=3)          # FIRST, MIDDLE, LAST chunks
