@@ -34,7 +34,7 @@ from .quality import FIDELITY_NOTE, combine, compare_frames
 from .ranges import write_ranges
 from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
                        working_model)
-from .stream import record_feeds, restore, stream_chain
+from .stream import REAE_SLICE, record_feeds, restore, stream_chain
 from contract.files import sha256_file
 
 from .video import CalibrationError, check_length, read_clip
@@ -161,7 +161,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
 
     log(f"calibration: streaming {sum(len(c.frames) for c in calib)} frames of {len(calib)} clip(s) through "
         f"{export_dir} ...")
-    feeds, _, kinds = record_feeds(export_dir, meta, [c.frames for c in calib], float_files)
+    feeds, _, kinds = record_feeds(export_dir, meta, [c.frames for c in calib], float_files, spill_to=work / "feeds")
     silent = [f for f, calls in feeds.items() if not calls]
     if silent:
         raise CalibrationError(f"the calibration clips never call {silent}: give longer clips")
@@ -259,7 +259,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                           "export_json_sha256": sha256_file(export_dir / "export.json")},
         "method": {"library": f"onnxruntime.quantization {onnxruntime.__version__}", "format": "QDQ",
                    **scheme_record(precision), "min_psnr_db": min_psnr, "sensitivity_frames": trial_frames,
-                   "data": "real frames through the chunk protocol (run_chunk), ReAE state carried"},
+                   "data": "real frames through the chunk protocol (run_chunk), ReAE state carried",
+                   "reae_slice": REAE_SLICE},
         "videos": [c.record("calibration", len(c.frames)) for c in calib] +
                   [c.record("held-out", len(c.frames)) for c in held],
         "chunks": kinds,

@@ -67,8 +67,11 @@ def compare_schemes(export_dir: Path, videos: list, holdout: list, graph: str, s
     if unknown:
         raise CalibrationError(f"unknown schemes {unknown}; the schemes are {', '.join(INT8_SCHEMES)}")
     size = tuple(meta["input_size"])
-    calib_feeds = record_feeds(export_dir, meta, [read_clip(v, size, max_frames).frames for v in videos])[0][graph]
-    held_feeds = record_feeds(export_dir, meta, [read_clip(v, size, max_frames).frames for v in holdout])[0][graph]
+    # Whole chunks per ReAE call (reae_slice 0): the published s/call figures (docs/benchmarks.md) are a chunk's.
+    calib_feeds = record_feeds(export_dir, meta, [read_clip(v, size, max_frames).frames for v in videos],
+                               reae_slice=0)[0][graph]
+    held_feeds = record_feeds(export_dir, meta, [read_clip(v, size, max_frames).frames for v in holdout],
+                              reae_slice=0)[0][graph]
     groups = node_groups(onnx.load(str(export_dir / graph), load_external_data=False), entries[graph].role)
     nodes = [n for g in CANDIDATES for n in groups.get(g, [])]
     nodes += glue_nodes(onnx.load(str(export_dir / graph), load_external_data=False), entries[graph].role)

@@ -132,11 +132,15 @@ def bundle_session(bundle, member: str, files: list, options, providers):
 class SessionRunner(HostArrays):
     """contract.chain.GraphRunner over InferenceSessions by graph name, on numpy arrays: each input
     given in its graph's dtype (bf16 graphs run widened, so float32). record_feeds: keep every call's
-    input feeds in `feeds`, per graph name, in call order (calibration's data)."""
+    input feeds in `feeds`, per graph name, in call order (calibration's data): in lists, or, given a
+    dict {graph name: anything with append}, there (calibration keeps them on disk)."""
 
-    def __init__(self, sessions: dict, record_feeds: bool = False):
+    def __init__(self, sessions: dict, record_feeds: bool | dict = False):
         self.sessions = sessions
-        self.feeds = {name: [] for name in sessions} if record_feeds else None
+        if isinstance(record_feeds, dict):
+            self.feeds = record_feeds
+        else:
+            self.feeds = {name: [] for name in sessions} if record_feeds else None
 
     def run(self, graph, inputs: dict) -> dict:
         feeds = host_feeds(graph, inputs)

@@ -53,6 +53,11 @@ def test_int8_export_keeps_the_contract_and_records_the_calibration(export_dir, 
     assert all(v["sha256"] == videos[0]["sha256"] and "resized" in " ".join(v["notes"]) for v in videos)
     assert sum(v["frames_used"] for v in videos) == FRAMES
     assert all(set(kinds) >= {"f", "l"} for kinds in record["chunks"])           # FIRST ... LAST, state carried
+    # The ReAE ran in slices of one latent frame (4 input frames) per call, as cpu bundles run it: more
+    # calls than chunks (what bounds calibration's host memory: calibration/stream.py).
+    chunks = sum(len(kinds) for kinds in record["chunks"])
+    assert record["method"]["reae_slice"] == 1
+    assert record["calls"]["encoder.onnx"] > chunks and record["calls"]["decoder.onnx"] > chunks, record["calls"]
     for d in record["groups"]:                                                   # the rule the record states
         psnr_alone = d["alone_on_calibration"]["psnr_db"]
         if psnr_alone is not None and psnr_alone < 30.0:
@@ -198,6 +203,29 @@ def test_a_calibration_clip_is_what_the_runtime_feeds(tmp_path):
         want = np.concatenate([resize_frames(reader.read(n), SIZE) for n in (8, 19)])   # any batching
     np.testing.assert_array_equal(got.frames, want)
     assert got.source_size == (40, 32) and got.notes == ["resized from 40x32 to the export's input size 17x16"]
+
+
+def test_recorded_feeds_live_on_disk_one_file_per_call(tmp_path):
+    """Calibration keeps each call's feeds in a file (a call's ReAE state is 94 MB at 704x576) and
+    onnxruntime's data reader reads them back one call at a time, in order, values unchanged."""
+    from calibration.quantize import FeedReader
+    from calibration.stream import FeedFiles
+    store = FeedFiles(tmp_path / "feeds")
+    calls = [{"frames": np.full((4, 2, 2, 3), i, np.uint8), "state_in.mem_4": np.full((1, 2), i / 3, np.float32)}
+             for i in range(3)]
+    for call in calls:
+        store.append(call)
+    assert len(store) == 3 and len(list((tmp_path / "feeds").iterdir())) == 3
+    reader = FeedReader(store)
+    reader.set_range(1, 3)
+    got = [reader.get_next(), reader.get_next(), reader.get_next()]
+    assert got[2] is None
+    for read, want in zip(got[:2], calls[1:]):
+        assert read.keys() == want.keys()
+        assert all(read[k].dtype == want[k].dtype and np.array_equal(read[k], want[k]) for k in want)
+    assert [int(c["frames"][0, 0, 0, 0]) for c in store] == [0, 1, 2]
+    with pytest.raises(IndexError):
+        store[3]
 
 
 def test_bad_inputs_are_refused_and_nothing_is_written(export_dir, tmp_path):
