@@ -336,10 +336,10 @@ def verify_export(folder: str | Path, structure_only: bool = False, seed: int = 
         print("ONNX Runtime (CPU) has no bf16 kernels: bf16 graphs run with every bf16 tensor widened to float32 "
               "(checks wiring and the bf16-rounded weights/constants, not bf16 arithmetic).")
     print(f"ONNX Runtime vs torch float32 ({meta['precision']} graphs), each line as its check ends:")
-    print(f"  {'check':<48}{'max err':>11}{'mean err':>11}{'tolerance':>11}", flush=True)
+    print(f"  {'check':<56}{'max err':>11}{'mean err':>11}{'tolerance':>11}", flush=True)
 
     def report(r: Result) -> None:
-        print(f"  {r.name:<48}{r.max_err:>11.3g}{r.mean_err:>11.3g}{r.tolerance:>11.3g}  "
+        print(f"  {r.name:<56}{r.max_err:>11.3g}{r.mean_err:>11.3g}{r.tolerance:>11.3g}  "
               f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}", flush=True)
 
     results = check_numbers(folder, meta, seed, stream_chunks, reae_slice, report)

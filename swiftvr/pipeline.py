@@ -73,24 +73,21 @@ def encode_in_slices(reae, x: torch.Tensor, state, latents_per_call: int = 0):
     """reae.encode of frames [N, T, 3, H, W] in calls of 4 * latents_per_call frames, the boundary
     state handed from call to call as from chunk to chunk (0: one call). The ReAE is causal, so this is
     the whole call up to the kernels' choice of algorithm per size; the activations are a slice's."""
-    step = 4 * latents_per_call
-    if not step or x.shape[1] <= step:
-        return reae.encode(x, state)
-    pieces = []
-    for start in range(0, x.shape[1], step):
-        latents, state = reae.encode(x[:, start:start + step], state)
-        pieces.append(latents)
-    return torch.cat(pieces, dim=1), state
+    return _in_slices(reae.encode, x, state, 4 * latents_per_call)
 
 
 def decode_in_slices(reae, z: torch.Tensor, state, latents_per_call: int = 0):
     """reae.decode of latents [N, n, 48, h, w] in calls of latents_per_call latents (as encode_in_slices)."""
-    if not latents_per_call or z.shape[1] <= latents_per_call:
-        return reae.decode(z, state)
+    return _in_slices(reae.decode, z, state, latents_per_call)
+
+
+def _in_slices(call, x: torch.Tensor, state, step: int):
+    if not step or x.shape[1] <= step:
+        return call(x, state)
     pieces = []
-    for start in range(0, z.shape[1], latents_per_call):
-        frames, state = reae.decode(z[:, start:start + latents_per_call], state)
-        pieces.append(frames)
+    for start in range(0, x.shape[1], step):
+        out, state = call(x[:, start:start + step], state)
+        pieces.append(out)
     return torch.cat(pieces, dim=1), state
 
 
