@@ -190,6 +190,24 @@ def test_quality_measures_on_known_differences():
     assert ssim(noisy, a) < 0.5                                   # flat image + noise: structure lost
 
 
+def test_quality_of_a_long_clip_in_memory_that_does_not_grow_with_it():
+    """compare_frames gives the numbers of the whole clip at once (pooled squared error, frame mean of
+    SSIM), but holds only a batch of frames in float64: at once, SSIM kept ~10 float64 copies of the
+    clip (over 10 GB for calibration's 125-frame held-out clip at 704x576)."""
+    import tracemalloc
+    rng = np.random.default_rng(1)
+    want = rng.integers(0, 256, (200, 48, 64, 3), dtype=np.uint8)
+    got = np.clip(want + rng.normal(0, 6, want.shape), 0, 255).astype(np.uint8)
+    tracemalloc.start()
+    r = compare_frames(got, want)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * want.nbytes, f"{peak / 1e6:.1f} MB traced for {want.nbytes / 1e6:.1f} MB of frames"
+    assert r["psnr_db"] == pytest.approx(round(psnr(got, want), 3), abs=1e-3)
+    assert r["ssim"] == pytest.approx(round(ssim(got, want), 5), abs=1e-5)
+    assert r["max_level_diff"] == int(np.abs(got.astype(int) - want.astype(int)).max()) and r["frames"] == 200
+
+
 def test_a_calibration_clip_is_what_the_runtime_feeds(tmp_path):
     """read_clip decodes and resizes as the runtime does (video.VideoReader, then video/resize.py's
     stretch, as runtime.stream --resize): calibration sees the frames the graphs will be fed."""
