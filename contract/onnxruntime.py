@@ -19,10 +19,12 @@ def _ort():
     return onnxruntime
 
 
-def session_options(ort, threads: int | None = None, basic_optimizations: bool = False):
+def session_options(ort, threads: int | None = None, basic_optimizations: bool = False, arena: bool = True):
     """ort: the onnxruntime module. threads: intra-op threads (None: ONNX Runtime's default, one per
     core). basic_optimizations: ORT_ENABLE_BASIC instead of every optimization (FP8 Q/DQ graphs need
-    it in ORT 1.31, see calibration/stream.py)."""
+    it in ORT 1.31, see calibration/stream.py). arena: the process's shared CPU arena (below); False:
+    no arena, each run's memory given back when the run ends, for a process that allocates much
+    between runs by other means (export.verify's torch reference)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if basic_optimizations
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
@@ -34,8 +36,11 @@ def session_options(ort, threads: int | None = None, basic_optimizations: bool =
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3          # errors only: no warnings about unused initializers
     options.add_session_config_entry("optimization.disable_specified_optimizers", QDQ_BROKEN_OPTIMIZERS)
-    use_shared_cpu_arena(ort)
-    options.add_session_config_entry("session.use_env_allocators", "1")
+    if arena:
+        use_shared_cpu_arena(ort)
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        options.enable_cpu_mem_arena = False
     return options
 
 
@@ -107,10 +112,11 @@ def graph_session(path, options, providers, widen: bool = False):
 
 
 def export_sessions(folder, contract, *, widen: bool = False, files: dict | None = None, threads: int | None = None,
-                    basic_optimizations: bool = False, providers=("CPUExecutionProvider",)) -> dict:
+                    basic_optimizations: bool = False, providers=("CPUExecutionProvider",), arena: bool = True) -> dict:
     """{graph name: InferenceSession} for every graph of an export folder's contract. files:
-    {export.json file name: the file to run instead} (calibration's quantized or widened graphs)."""
-    options = session_options(_ort(), threads, basic_optimizations)
+    {export.json file name: the file to run instead} (calibration's quantized or widened graphs).
+    arena: as session_options."""
+    options = session_options(_ort(), threads, basic_optimizations, arena)
     return {g.name: graph_session((files or {}).get(g.file, Path(folder) / g.file), options, list(providers), widen)
             for g in contract.graphs()}
 
