@@ -111,12 +111,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--format", help="output container, when the name does not say (e.g. mpegts, flv)")
     v.add_argument("--output-option", action="append", default=[], metavar="KEY=VALUE",
                    help="muxer option, e.g. movflags=+faststart (repeatable)")
-    a = p.parse_args(argv)
+    a = p.parse_args(resize_mode_given(sys.argv[1:] if argv is None else list(argv)))
     try:
         check_args(a)
     except ValueError as e:
         p.error(str(e))
     return a
+
+
+def resize_mode_given(argv: list) -> list:
+    """`--resize IN.mp4 -o OUT`: argparse would take IN.mp4 as --resize's optional mode and refuse it
+    ("invalid choice"). A bare --resize followed by anything but a mode means the default, stretch."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        bare = arg == "--resize" and (i + 1 == len(argv) or str(argv[i + 1]) not in RESIZE_MODES)
+        out.append("--resize=stretch" if bare else arg)
+    return out
 
 
 def check_args(a: argparse.Namespace) -> None:

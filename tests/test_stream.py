@@ -288,6 +288,17 @@ def test_resize_keeps_the_display_aspect_ratio_or_pads(cpu_bundle, tmp_path):
     assert displayed_aspect(tmp_path / "pad.mkv") == Fraction(34, 32) and b"black bars" in done.stderr
 
 
+def test_a_bare_resize_before_the_input_is_stretch():
+    """`--resize IN.mp4` once failed: argparse took IN.mp4 as --resize's optional mode ("invalid choice")."""
+    from runtime.stream import parse_args
+    assert parse_args(["--engine", "b.plan", "--resize", "in.mp4", "-o", "out.mkv"]).resize == "stretch"
+    assert parse_args(["--engine", "b.plan", "--resize", "pad", "in.mp4", "-o", "out.mkv"]).resize == "pad"
+    assert parse_args(["--engine", "b.plan", "in.mp4", "-o", "out.mkv", "--resize"]).resize == "stretch"
+    assert parse_args(["--engine", "b.plan", "in.mp4", "-o", "out.mkv"]).resize is None
+    a = parse_args(["--engine", "b.plan", "--resize", "in.mp4", "-o", "out.mkv"])
+    assert (a.input, a.output) == ("in.mp4", "out.mkv")
+
+
 def test_resize_pad_fits_the_picture_between_black_bars():
     from video.resize import pad_box, resize_frames
     frames = np.full((2, 144, 176, 3), 200, np.uint8)
