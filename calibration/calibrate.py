@@ -32,8 +32,8 @@ from contract.graphs import (ContractError, check_quantization, contract_from_js
 from .layers import CANDIDATES, STAGE_OF, chosen_nodes, glue_nodes, node_groups
 from .quality import FIDELITY_NOTE, combine, compare_frames
 from .ranges import write_ranges
-from .quantize import (activation_ranges, narrow_to_bf16, quantize_graph, quantized_nodes, scheme_record,
-                       working_model)
+from .quantize import (activation_ranges, narrow_to_bf16, needs_external_data, quantize_graph, quantized_nodes,
+                       scheme_record, working_model)
 from .stream import REAE_SLICE, record_feeds, restore, stream_chain
 from contract.files import sha256_file
 
@@ -307,8 +307,10 @@ def place_graphs(tmp: Path, export_dir: Path, meta: dict, entries: dict, final: 
             layers[f] = quantized_nodes(model)
             ranges[f] = activation_ranges(model)
             if meta["precision"] == "bf16":
-                full = narrow_to_bf16(onnx.load(str(final[f])), onnx.load(str(export_dir / f)))
-                onnx.save(full, str(tmp / f), save_as_external_data=full.ByteSize() > 1 << 30,
+                # The export's graph without its weights: narrowing reads only names, dtypes and dims, and
+                # shape inference refuses a ModelProto over protobuf's 2 GB (a 5B DiT part is 2.8 GB).
+                full = narrow_to_bf16(onnx.load(str(final[f])), onnx.load(str(export_dir / f), load_external_data=False))
+                onnx.save(full, str(tmp / f), save_as_external_data=needs_external_data(full),
                           location=f + ".data")
             else:
                 for src in _graph_files(final[f].parent, f):

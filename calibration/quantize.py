@@ -90,9 +90,16 @@ def working_model(path: Path, work: Path, precision: str) -> Path:
     out = work / path.name
     if not out.exists():
         model = widen_bf16(onnx.load(str(path)))
-        onnx.save(model, str(out), save_as_external_data=model.ByteSize() > 1 << 30,
+        onnx.save(model, str(out), save_as_external_data=needs_external_data(model),
                   location=out.name + ".data")
     return out
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether to save `model`'s weights beside it: over 1 GB of them. Counted tensor by tensor, as
+    ModelProto.ByteSize() serializes the whole message and fails over protobuf's 2 GB (a widened
+    5B DiT part is 5.7 GB)."""
+    return sum(t.ByteSize() for t in model.graph.initializer) > 1 << 30
 
 
 def quantize_graph(src: Path, dst: Path, feeds: list[dict], precision: str | Scheme, nodes: list[str],
