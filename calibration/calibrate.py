@@ -7,8 +7,10 @@
      restored frames of the first calibration clip (its first FIRST+MIDDLE+LAST chunks) against the
      unquantized graphs' (PSNR); the groups that stay at or above `min_psnr` dB are then added one
      by one (best first), each kept only if the set still stays at or above `min_psnr`. With
-     `groups` given, those are quantized (each still measured alone, for the record) and the
-     others are neither tried nor quantized. The decisions and the numbers go into the record.
+     `groups` given, those are quantized and the others left out, with no trial: a trial is one
+     quantization of every graph holding the group plus one stream, 11 minutes per group for the 5B
+     DiT at 256x144 on 2 cores (docs/benchmarks.md); step 4 still measures what was chosen. The
+     decisions and the numbers go into the record.
   4. Quantize every graph with the kept groups; report PSNR/SSIM/largest level difference on the
      held-out clips, end to end and with one stage quantized at a time.
   5. Write the folder: graphs, export.json (the export's, plus a `quantization` field, through
@@ -189,7 +191,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
     # where ONNX Runtime only emulates the precision (FP8: dequantize + float op).
     trial_frames = min(len(calib[0].frames), 2 * meta["chunk"]["clip_len"] + 5)
     trial = [replace(calib[0], frames=calib[0].frames[:trial_frames])]
-    trial_ref = [restore(stream_chain(export_dir, meta, float_files), meta, trial[0].frames)]
+    trial_ref = None if forced_groups else [restore(stream_chain(export_dir, meta, float_files), meta,
+                                                         trial[0].frames)]
     decisions = []
     present = [g for g in CANDIDATES if any(g in groups[f] for f in entries)]
     for g in present:
@@ -203,12 +206,18 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                               "alone_on_calibration": None, "quantized": False, "reason": TRIED_NOTE[precision]})
             log(f"  {g:<15} not tried: {TRIED_NOTE[precision]}")
             continue
+        if forced_groups:      # chosen, not tried: the held-out report below measures the set
+            decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
+                              "alone_on_calibration": None, "quantized": True, "reason": "chosen by --groups"})
+            log(f"  {g:<15} chosen by --groups")
+            continue
         t = time.perf_counter()
         result = stream_psnr(quantize_set({g}, work / g), trial, trial_ref)
-        keep = bool(forced_groups) or result["psnr_db"] is None or result["psnr_db"] >= min_psnr
-        why = "chosen by --groups" if forced_groups else f"PSNR alone {'>=' if keep else '<'} {min_psnr} dB"
+        shutil.rmtree(work / g)      # a trial's graphs: 14 GB for the 5B DiT's three parts
+        keep = result["psnr_db"] is None or result["psnr_db"] >= min_psnr
         decisions.append({"group": g, "stage": STAGE_OF[g], "layers": sum(len(groups[f].get(g, [])) for f in entries),
-                          "alone_on_calibration": result, "quantized": keep, "reason": why})
+                          "alone_on_calibration": result, "quantized": keep,
+                          "reason": f"PSNR alone {'>=' if keep else '<'} {min_psnr} dB"})
         log(f"  {g:<15} alone: PSNR {result['psnr_db']} dB, SSIM {result['ssim']}  -> "
             f"{'quantize' if keep else 'keep high precision'} ({time.perf_counter() - t:.1f} s)")
     # Groups that pass alone can still add up to less than min_psnr together: add them in order of
@@ -224,6 +233,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
                 t = time.perf_counter()
                 together = stream_psnr(quantize_set(chosen_so_far | {d["group"]}, work / f"with-{d['group']}"),
                                        trial, trial_ref)
+                shutil.rmtree(work / f"with-{d['group']}")
                 log(f"  + {d['group']:<13} with {', '.join(sorted(chosen_so_far))}: PSNR {together['psnr_db']} dB "
                     f"({time.perf_counter() - t:.1f} s)")
             d["with_groups_before"] = together
@@ -258,7 +268,8 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
         "source_export": {"path": str(export_dir), "precision": meta["precision"],
                           "export_json_sha256": sha256_file(export_dir / "export.json")},
         "method": {"library": f"onnxruntime.quantization {onnxruntime.__version__}", "format": "QDQ",
-                   **scheme_record(precision), "min_psnr_db": min_psnr, "sensitivity_frames": trial_frames,
+                   **scheme_record(precision), "min_psnr_db": min_psnr,
+                   "sensitivity_frames": None if forced_groups else trial_frames,
                    "data": "real frames through the chunk protocol (run_chunk), ReAE state carried",
                    "reae_slice": REAE_SLICE},
         "videos": [c.record("calibration", len(c.frames)) for c in calib] +
