@@ -100,8 +100,9 @@ def apply_calibration(calibrated_dir, export_dir, out, holdout: list | None = No
             model = onnx.load(str(float_files[f]), load_external_data=False)
             log(f"  {f}: {len(calibrated_layers)} layers, ranges from {calibrated_dir / source['range_caches'][f]}")
             cache = work / f"{f}.ranges.json"
-            to_target = ort_cache_for(read_ranges(calibrated_dir / source["range_caches"][f]), model, f, cache)
-            write_ranges(cache, model, tmp / RANGES / f"{f}.json")      # this export's names: it can be applied on
+            to_target = ort_cache_for(read_ranges(calibrated_dir / source["range_caches"][f]), model,
+                                      entries[f].role, f, cache)
+            write_ranges(cache, model, entries[f].role, tmp / RANGES / f"{f}.json")      # this export's names: it can be applied on
             nodes = chosen_nodes(chosen, node_groups(model, entries[f].role), glue_nodes(model, entries[f].role))
             quantize_graph(float_files[f], work / "final" / f, [], precision, nodes, cache)
             got = quantized_nodes(onnx.load(str(work / "final" / f), load_external_data=False))

@@ -257,7 +257,7 @@ def _calibrate_into(tmp: Path, export_dir: Path, meta: dict, contract, calib, he
     range_caches = {}
     for f in final:      # the measured ranges, per node (calibration/ranges.py): what calibration.apply reuses
         (tmp / RANGES).mkdir(exist_ok=True)
-        write_ranges(work / f"{f}.ranges.json", models[f], tmp / RANGES / f"{f}.json")
+        write_ranges(work / f"{f}.ranges.json", models[f], entries[f].role, tmp / RANGES / f"{f}.json")
         range_caches[f] = f"{RANGES}/{f}.json"
 
     import onnxruntime

@@ -24,17 +24,25 @@ from .video import CalibrationError
 FORMAT = "swiftvr-ranges"
 
 
-def quantizable(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type in OP_TYPES + GLUE_OPS]
+def paired_ops(role: str) -> tuple[str, ...]:
+    """The op types whose ranges are kept and paired, for a graph of `role`: the ones calibration can
+    quantize there. The DiT's glue ops stay float (calibration/layers.py), and some of its Adds are
+    the size-dependent index arithmetic of the window tables (a 1080p DiT graph has Adds that a
+    256x144 one has not): pairing them would refuse two exports of the same modules."""
+    return OP_TYPES if role == "dit" else OP_TYPES + GLUE_OPS
 
 
-def write_ranges(ort_cache: Path, float_model: onnx.ModelProto, path: Path) -> None:
-    """ONNX Runtime's cache for `float_model` -> the per-node form, at `path`."""
+def quantizable(model: onnx.ModelProto, role: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in paired_ops(role)]
+
+
+def write_ranges(ort_cache: Path, float_model: onnx.ModelProto, role: str, path: Path) -> None:
+    """ONNX Runtime's cache for `float_model` (a graph of `role`) -> the per-node form, at `path`."""
     cache = json.loads(ort_cache.read_text())
     data = cache["data"]
     nodes = [{"name": n.name, "op": n.op_type, "scopes": name_scopes(n),
               "inputs": [data.get(t) for t in n.input], "outputs": [data.get(t) for t in n.output]}
-             for n in quantizable(float_model)]
+             for n in quantizable(float_model, role)]
     path.write_text(json.dumps({"format": FORMAT, "version": 1, "calibration_method": cache["calibration_method"],
                                 "smooth_quant": cache.get("smooth_quant", False), "nodes": nodes}))
 
@@ -46,10 +54,12 @@ def read_ranges(path: Path) -> dict:
     return ranges
 
 
-def ort_cache_for(ranges: dict, target: onnx.ModelProto, where: str, path: Path) -> dict[str, str]:
-    """Write ONNX Runtime's cache for `target` (another export of the same model) at `path`.
-    Returns {source node name: target node name}; a CalibrationError where the graphs differ."""
-    mine = quantizable(target)
+def ort_cache_for(ranges: dict, target: onnx.ModelProto, role: str, where: str, path: Path) -> dict[str, str]:
+    """Write ONNX Runtime's cache for `target` (another export of the same model, a graph of `role`)
+    at `path`. Returns {source node name: target node name}; a CalibrationError where the graphs
+    differ. (Ranges files written before paired_ops list the DiT's glue ops too: they are skipped.)"""
+    mine = quantizable(target, role)
+    ranges = {**ranges, "nodes": [t for t in ranges["nodes"] if t["op"] in paired_ops(role)]}
     for i, (theirs, n) in enumerate(zip(ranges["nodes"], mine)):
         if (theirs["op"], theirs["scopes"], len(theirs["inputs"]), len(theirs["outputs"])) != \
                 (n.op_type, name_scopes(n), len(n.input), len(n.output)):

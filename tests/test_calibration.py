@@ -394,8 +394,8 @@ def test_kept_ranges_quantize_a_graph_whose_names_differ(tmp_path, precision):
     onnx.save(b, str(tmp_path / "b.onnx"))
     feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(4)]
     quantize_graph(tmp_path / "a.onnx", tmp_path / "qa.onnx", feeds, precision, ["mm1", "mm2"], tmp_path / "a.cache")
-    write_ranges(tmp_path / "a.cache", a, tmp_path / "a.ranges.json")
-    names = ort_cache_for(read_ranges(tmp_path / "a.ranges.json"), b, "b.onnx", tmp_path / "b.cache")
+    write_ranges(tmp_path / "a.cache", a, "dit", tmp_path / "a.ranges.json")
+    names = ort_cache_for(read_ranges(tmp_path / "a.ranges.json"), b, "dit", "b.onnx", tmp_path / "b.cache")
     assert names == {"mm1": "node_9", "mm2": "node_12"}
     quantize_graph(tmp_path / "b.onnx", tmp_path / "qb.onnx", [], precision, ["node_9", "node_12"], tmp_path / "b.cache")
 
@@ -406,7 +406,36 @@ def test_kept_ranges_quantize_a_graph_whose_names_differ(tmp_path, precision):
     assert scales(tmp_path / "qa.onnx") == scales(tmp_path / "qb.onnx") and scales(tmp_path / "qa.onnx")
     with pytest.raises(CalibrationError, match="node 1 differs"):
         ort_cache_for(read_ranges(tmp_path / "a.ranges.json"), graph(["x", "h", "y", "m1", "m2"], ("MatMul", "Gemm")),
-                      "c.onnx", tmp_path / "c.cache")
+                      "dit", "c.onnx", tmp_path / "c.cache")
+
+
+def test_dit_ranges_pair_across_sizes_whose_index_arithmetic_differs(tmp_path):
+    """A 1080p DiT graph has an Add of window-index arithmetic that a 256x144 export of the same
+    model has not (seen on the 5B): the DiT's glue ops are never quantized, so its ranges pair by
+    its Conv/MatMul/Gemm nodes alone; a ReAE graph, whose glue ops are quantized, is still refused."""
+    from calibration.ranges import ort_cache_for, read_ranges, write_ranges
+
+    def graph(extra_add: bool):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm1"),
+                 helper.make_node("Add", ["h", "b"], ["y"], name="add1"),
+                 helper.make_node("MatMul", ["y", "w"], ["z"], name="mm2")]
+        if extra_add:
+            nodes.insert(0, helper.make_node("Add", ["i", "i"], ["j"], name="index_add"))
+        return helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("x", "i")],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2])],
+            [numpy_helper.from_array(np.eye(2, dtype=np.float32), n) for n in ("w", "b")]),
+            opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+    cache = tmp_path / "small.cache"
+    cache.write_text(json.dumps({"CLS": "TensorsData", "calibration_method": "MinMax", "data": {
+        t: {"CLS": "TensorData", "lowest": -1.0, "highest": 1.0} for t in ("x", "h", "y", "z")}}))
+    for role in ("dit", "decoder"):
+        write_ranges(cache, graph(False), role, tmp_path / f"{role}.json")
+    assert ort_cache_for(read_ranges(tmp_path / "dit.json"), graph(True), "dit", "big", tmp_path / "c") == \
+        {"mm1": "mm1", "mm2": "mm2"}
+    with pytest.raises(CalibrationError, match="node 0 differs"):
+        ort_cache_for(read_ranges(tmp_path / "decoder.json"), graph(True), "decoder", "big", tmp_path / "c")
 
 
 def test_schemes_command_quantizes_times_and_compares_one_graph(export_dir, int8_export, tmp_path):
