@@ -192,7 +192,16 @@ def narrow_to_bf16(quantized: onnx.ModelProto, original: onnx.ModelProto) -> onn
     for value in list(graph.input) + list(graph.output):
         if value.name in was_bf16:
             value.type.tensor_type.elem_type = bf16
+    # The quantizer's value_info holds float32 (widened) types and its own symbols, and the model's
+    # metadata is gone: put back the export's own shapes for the tensors that are still there and its
+    # metadata (export/exporter.py's dim symbol). engines/memory.py's activation estimate reads
+    # them: without them every inner tensor is unsized and an FP8 DiT part planned 0 bytes of
+    # activations. The Q/DQ outputs stay unsized, as TensorRT fuses them into the FP8 layers.
+    produced = {o for n in graph.node for o in n.output}
     del graph.value_info[:]
+    graph.value_info.extend(v for v in original.graph.value_info if v.name in produced)
+    have = {p.key for p in quantized.metadata_props}
+    quantized.metadata_props.extend(p for p in original.metadata_props if p.key not in have)
     return quantized
 
 
